@@ -1,0 +1,53 @@
+"""xfdiff: a layer-by-layer numerical diff debugger for PyTorch <-> JAX/Flax ports.
+
+>>> import xfdiff
+>>> report = xfdiff.compare(pt_model, flax_model, {"input_ids": ids})  # doctest: +SKIP
+>>> report.first_divergence  # doctest: +SKIP
+
+Importing xfdiff loads neither torch, jax nor dash; each is imported when the
+first call needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import XfdiffError
+from .metrics import Tolerance
+from .report import Finding, LayerDiff, Report
+from .tap import tap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Finding",
+    "LayerDiff",
+    "Report",
+    "Tolerance",
+    "XfdiffError",
+    "compare",
+    "load",
+    "serve",
+    "tap",
+]
+
+
+def compare(pt_model: Any, flax_model: Any, inputs: Any, **kwargs: Any) -> Report:
+    """Compare a PyTorch model and its Flax port layer by layer (see :func:`xfdiff.engine.compare`)."""
+    from .engine import compare as _compare
+
+    return _compare(pt_model, flax_model, inputs, **kwargs)
+
+
+def load(path) -> Report:
+    """Load a report saved with :meth:`Report.save`."""
+    from .storage import load_report
+
+    return load_report(path)
+
+
+def serve(report: Report | str, host: str = "127.0.0.1", port: int = 8050, **kwargs: Any):
+    """Serve the interactive dashboard for ``report`` (a Report or a saved file)."""
+    from .dashboard import serve as _serve
+
+    return _serve(report, host=host, port=port, **kwargs)

@@ -1,0 +1,346 @@
+"""Pair the modules of two traces, with the reason and confidence of each pair.
+
+Signals, strongest first:
+
+1. an explicit mapping from the user;
+2. parameter fingerprints: a port loads the same weights, so the multiset of a
+   module's parameter values identifies it up to transpose or reshape
+   (numel, sum, sum of squares, min, max in float64);
+3. normalised names (``layers_3`` == ``layers.3``; digits must agree);
+4. order and parameter shapes between already-aligned neighbours;
+5. containers by their aligned descendants (the deepest Flax ancestor that
+   holds exactly the partners of a torch container's children);
+6. parameter-free modules (activations, dropout, rotary helpers) by name, type,
+   then execution order and output shape inside an aligned parent.
+
+Whatever stays unpaired is listed with a reason; it never blocks the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+import numpy as np
+
+from .report import Unmatched
+from .trace import ROOT, Trace, parent_path
+
+
+@dataclass
+class Alignment:
+    """Module-level pairs (torch path -> flax path) and what stayed alone."""
+
+    pairs: dict[str, str] = field(default_factory=dict)
+    how: dict[str, str] = field(default_factory=dict)
+    confidence: dict[str, float] = field(default_factory=dict)
+    unmatched: list[Unmatched] = field(default_factory=list)
+
+    def add(self, a: str, b: str, how: str, conf: float) -> None:
+        self.pairs[a] = b
+        self.how[a] = how
+        self.confidence[a] = float(conf)
+
+    @property
+    def reverse(self) -> dict[str, str]:
+        return {b: a for a, b in self.pairs.items()}
+
+    def to_mapping(self) -> dict[str, str]:
+        """The pairs as an editable ``mapping=`` dict (torch path -> flax path)."""
+        return dict(sorted(self.pairs.items()))
+
+
+# --- fingerprints ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamPrint:
+    numel: int
+    s1: float
+    s2: float
+    lo: float
+    hi: float
+
+    @property
+    def informative(self) -> bool:
+        return self.hi != self.lo
+
+    def close(self, o: ParamPrint) -> bool:
+        if self.numel != o.numel:
+            return False
+        scale = np.sqrt(max(self.s2, o.s2, 1e-30))
+        return (
+            abs(self.s1 - o.s1) <= 1e-5 * scale * np.sqrt(self.numel) + 1e-6 * abs(self.s1)
+            and abs(self.s2 - o.s2) <= 1e-5 * max(self.s2, o.s2) + 1e-30
+            and abs(self.lo - o.lo) <= 1e-5 * (abs(self.lo) + 1e-12) + 1e-7 * scale
+            and abs(self.hi - o.hi) <= 1e-5 * (abs(self.hi) + 1e-12) + 1e-7 * scale
+        )
+
+
+def fingerprint(a: np.ndarray) -> ParamPrint:
+    x = np.asarray(a, dtype=np.float64).ravel()
+    if x.size == 0:
+        return ParamPrint(0, 0.0, 0.0, 0.0, 0.0)
+    x = np.nan_to_num(x)
+    return ParamPrint(x.size, float(x.sum()), float(np.dot(x, x)), float(x.min()), float(x.max()))
+
+
+def fingerprint_score(pa: list[ParamPrint], pb: list[ParamPrint]) -> float:
+    """Share of parameter elements (informative ones weigh 1, constant ones 0.1) that match."""
+    used = [False] * len(pb)
+    matched = 0.0
+    total = 0.0
+    for p in pa:
+        w = p.numel * (1.0 if p.informative else 0.1)
+        total += w
+        for j, q in enumerate(pb):
+            if not used[j] and p.close(q):
+                used[j] = True
+                matched += w
+                break
+    total_b = sum(q.numel * (1.0 if q.informative else 0.1) for q in pb)
+    if total + total_b == 0:
+        return 0.0
+    return 2 * matched / (total + total_b)
+
+
+# --- names -----------------------------------------------------------------------------
+
+_SPLIT = re.compile(r"[._/]")
+
+
+def tokens(path: str) -> list[str]:
+    return [t.lower() for t in _SPLIT.split(path) if t]
+
+
+def name_similarity(a: str, b: str) -> float:
+    """1.0 for equal normalised paths; digits (layer indices) must agree."""
+    if a == b:
+        return 1.0
+    ta, tb = tokens(a), tokens(b)
+    da = [t for t in ta if t.isdigit()]
+    db = [t for t in tb if t.isdigit()]
+    wa = [t for t in ta if not t.isdigit()]
+    wb = [t for t in tb if not t.isdigit()]
+    seq = SequenceMatcher(None, wa, wb).ratio() if (wa or wb) else 1.0
+    last = SequenceMatcher(None, wa[-1] if wa else "", wb[-1] if wb else "").ratio()
+    score = 0.5 * seq + 0.5 * last
+    if da != db:
+        score *= 0.3
+    return score
+
+
+def _is_ancestor(anc: str, path: str) -> bool:
+    return anc == ROOT and path != ROOT or path.startswith(anc + ".")
+
+
+def _ancestors(path: str) -> list[str]:
+    out = []
+    p = parent_path(path)
+    while p is not None:
+        out.append(p)
+        p = parent_path(p)
+    return out  # deepest first
+
+
+# --- the algorithm ----------------------------------------------------------------------
+
+
+def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Alignment:
+    """Pair the called modules of ``ta`` (torch side) with those of ``tb`` (flax side)."""
+    al = Alignment()
+    pa_paths = ta.paths()
+    pb_paths = tb.paths()
+    set_b = set(pb_paths)
+    if ROOT in pa_paths and ROOT in set_b:
+        al.add(ROOT, ROOT, "root", 1.0)
+    for a, b in (explicit or {}).items():
+        if a in set(pa_paths) and b in set_b:
+            al.add(a, b, "mapping", 1.0)
+    _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
+    _pair_containers(ta, tb, pa_paths, pb_paths, al)
+    _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
+    _list_unmatched(ta, tb, pa_paths, pb_paths, al)
+    return al
+
+
+def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    A = [p for p in pa_paths if ta.params.get(p) and p not in al.pairs]
+    taken = set(al.pairs.values())
+    B = [p for p in pb_paths if tb.params.get(p) and p not in taken]
+    if not A or not B:
+        return
+    fa = {p: [fingerprint(v) for v in ta.params[p].values()] for p in A}
+    fb = {p: [fingerprint(v) for v in tb.params[p].values()] for p in B}
+    rank_a = {p: i / max(len(A) - 1, 1) for i, p in enumerate(A)}
+    rank_b = {p: i / max(len(B) - 1, 1) for i, p in enumerate(B)}
+    # Candidate pairs: a shared informative fingerprint, or a shared last name token.
+    bucket: dict[tuple, list[str]] = {}
+    for p in B:
+        for q in fb[p]:
+            bucket.setdefault((q.numel, round(q.s2, 2)), []).append(p)
+    by_last: dict[str, list[str]] = {}
+    for p in B:
+        w = [t for t in tokens(p) if not t.isdigit()]
+        by_last.setdefault(w[-1] if w else "", []).append(p)
+    scored = []
+    for a in A:
+        cands: set[str] = set()
+        for q in fa[a]:
+            cands.update(bucket.get((q.numel, round(q.s2, 2)), []))
+        w = [t for t in tokens(a) if not t.isdigit()]
+        cands.update(by_last.get(w[-1] if w else "", []))
+        for b in cands:
+            fp = fingerprint_score(fa[a], fb[b])
+            nm = name_similarity(a, b)
+            order = 1.0 - abs(rank_a[a] - rank_b[b])
+            if fp >= 0.5 or nm >= 0.6:
+                scored.append((2 * fp + nm + 0.5 * order, fp, nm, a, b))
+    scored.sort(key=lambda s: -s[0])
+    used_b: set[str] = set()
+    for total, fp, nm, a, b in scored:
+        if a in al.pairs or b in used_b:
+            continue
+        how = "fingerprint+name" if fp >= 0.5 and nm >= 0.6 else "fingerprint" if fp >= 0.5 else "name"
+        al.add(a, b, how, min(1.0, 0.5 * fp + 0.5 * nm + (0.25 if fp >= 0.99 else 0)))
+        used_b.add(b)
+    _pair_by_order(ta, tb, A, B, al)
+
+
+def _shape_sig(params: dict[str, np.ndarray]) -> list[tuple]:
+    return sorted(tuple(sorted(np.shape(v))) for v in params.values())
+
+
+def _pair_by_order(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignment) -> None:
+    """Between consecutive aligned modules, pair leftovers with equal parameter shapes in order."""
+    used_b = set(al.pairs.values())
+    pos_b = {p: i for i, p in enumerate(B)}
+    last_b = -1
+    pending: list[str] = []
+
+    def flush(upto: int) -> None:
+        free_b = [p for p in B[last_b + 1 : upto] if p not in used_b]
+        j = 0
+        for a in pending:
+            sig = _shape_sig(ta.params[a])
+            while j < len(free_b) and _shape_sig(tb.params[free_b[j]]) != sig:
+                j += 1
+            if j < len(free_b):
+                b = free_b[j]
+                al.add(a, b, "order+shape", 0.5)
+                used_b.add(b)
+                j += 1
+
+    for a in A:
+        if a in al.pairs and al.pairs[a] in pos_b:
+            flush(pos_b[al.pairs[a]])
+            pending = []
+            last_b = max(last_b, pos_b[al.pairs[a]])
+        elif a not in al.pairs:
+            pending.append(a)
+    flush(len(B))
+
+
+def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    set_b = set(pb_paths)
+    for a in sorted(pa_paths, key=lambda p: -p.count(".") if p else 1):
+        if a in al.pairs or a == ROOT:
+            continue
+        desc = [d for d in list(al.pairs) if _is_ancestor(a, d)]
+        if not desc:
+            continue
+        partners = [al.pairs[d] for d in desc]
+        taken = set(al.pairs.values())
+        rev = al.reverse
+        for b in _ancestors(partners[0]):
+            if b not in set_b or not all(_is_ancestor(b, p) for p in partners):
+                continue
+            inside = [rev[p] for p in rev if _is_ancestor(b, p)]
+            outside = [t for t in inside if not (_is_ancestor(a, t))]
+            if outside:
+                break  # b also holds partners of modules outside a: no exclusive counterpart
+            if b in taken:
+                continue
+            al.add(a, b, "descendants", min(1.0, 0.5 + 0.5 * len(desc) / max(len(inside), 1)))
+            break
+
+
+def _first_shape(trace: Trace, path: str) -> tuple | None:
+    for r in trace.calls_of(path):
+        for v in r.float_outputs().values():
+            return tuple(v.shape)
+    return None
+
+
+def _nearest_paired(path: str, pairs: dict[str, str]) -> str | None:
+    for anc in _ancestors(path):
+        if anc in pairs:
+            return anc
+    return None
+
+
+def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    rev = al.reverse
+    groups_a: dict[str, list[str]] = {}
+    for a in pa_paths:
+        if a in al.pairs:
+            continue
+        anc = _nearest_paired(a, al.pairs)
+        if anc is not None:
+            groups_a.setdefault(al.pairs[anc], []).append(a)
+    groups_b: dict[str, list[str]] = {}
+    for b in pb_paths:
+        if b in rev:
+            continue
+        anc = _nearest_paired(b, rev)
+        if anc is not None:
+            groups_b.setdefault(anc, []).append(b)
+    for fb_parent, la in groups_a.items():
+        lb = [b for b in groups_b.get(fb_parent, [])]
+        if not lb:
+            continue
+        free = list(lb)
+        # 1) same last name or same type
+        for a in list(la):
+            ta_last = tokens(a)[-1] if a else ""
+            for b in free:
+                tb_last = tokens(b)[-1] if b else ""
+                same_name = ta_last == tb_last and not ta_last.isdigit()
+                same_type = ta.module_types.get(a, "").lower() == tb.module_types.get(b, "").lower()
+                if (same_name or same_type and a.count(".") - b.count(".") in (-1, 0, 1)) and _first_shape(ta, a) == _first_shape(tb, b):
+                    al.add(a, b, "name" if same_name else "type+order", 0.8 if same_name else 0.6)
+                    free.remove(b)
+                    la.remove(a)
+                    break
+        # 2) order and output shape
+        j = 0
+        for a in la:
+            sa = _first_shape(ta, a)
+            while j < len(free) and _first_shape(tb, free[j]) != sa:
+                j += 1
+            if j < len(free) and sa is not None:
+                al.add(a, free[j], "order+shape", 0.4)
+                j += 1
+
+
+def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    rev = al.reverse
+    for a in pa_paths:
+        if a not in al.pairs:
+            has = bool(ta.params.get(a))
+            reason = (
+                "no Flax module holds the same parameters or a similar name"
+                if has
+                else "parameter-free and no Flax module of the same name, type or output shape inside the aligned parent"
+            )
+            al.unmatched.append(Unmatched("torch", a, ta.module_types.get(a, "?"), reason, has))
+    for b in pb_paths:
+        if b not in rev:
+            has = bool(tb.params.get(b))
+            reason = (
+                "no PyTorch module holds the same parameters or a similar name"
+                if has
+                else "parameter-free and no PyTorch module of the same name, type or output shape inside the aligned parent"
+            )
+            al.unmatched.append(Unmatched("flax", b, tb.module_types.get(b, "?"), reason, has))

@@ -1,0 +1,248 @@
+"""Capture every module call of a PyTorch model with forward (pre-)hooks.
+
+Design notes:
+
+- Inputs are copied in the *pre*-hook and outputs in the hook, so in-place
+  operations later in the forward cannot change what was recorded.
+- Hugging Face layers receive ``hidden_states`` as a keyword, so hooks are
+  registered ``with_kwargs=True``.
+- A failure inside xfdiff's own hook is recorded on the call and never raised
+  into the user's forward pass.
+- Hooks are removed and the RNG state is restored in ``finally``; the model's
+  ``training`` flags are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CaptureError, InputError, ModelTypeError
+from ..trace import CallRecord, Trace, canonical_path
+from . import Substitute, leaf_key
+
+_SCALARS = (bool, int, float, str)
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Copy a tensor to numpy (bfloat16 becomes ml_dtypes.bfloat16)."""
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.to(torch.float32).cpu().numpy().astype(ml_dtypes.bfloat16)
+    return t.cpu().numpy().copy()
+
+
+def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a).copy())
+    if like is not None:
+        t = t.to(dtype=like.dtype, device=like.device)
+    return t
+
+
+def flatten(obj: Any, prefix: tuple = ()) -> dict[str, np.ndarray]:
+    """Tensors in nested tuples/lists/dicts/dataclasses, keyed by their path."""
+    out: dict[str, np.ndarray] = {}
+    _walk(obj, prefix, out)
+    return out
+
+
+def _walk(obj: Any, prefix: tuple, out: dict) -> None:
+    if isinstance(obj, torch.Tensor):
+        out[leaf_key(prefix)] = to_numpy(obj)
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _walk(v, prefix + (k,), out)
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            _walk(v, prefix + (i,), out)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _walk(getattr(obj, f.name), prefix + (f.name,), out)
+
+
+def _replace(obj: Any, prefix: tuple, subst: dict[str, np.ndarray]) -> Any:
+    """A copy of ``obj`` whose tensors at keys in ``subst`` are replaced."""
+    if isinstance(obj, torch.Tensor):
+        key = leaf_key(prefix)
+        return from_numpy(subst[key], like=obj) if key in subst else obj
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_replace(v, prefix + (i,), subst) for i, v in enumerate(obj))
+    if isinstance(obj, list):
+        return [_replace(v, prefix + (i,), subst) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        return {k: _replace(v, prefix + (k,), subst) for k, v in obj.items()}
+    return obj
+
+
+def module_config(mod: torch.nn.Module) -> dict[str, Any]:
+    """Scalar settings of a module (eps, approximate, p, padding, training...)."""
+    cfg: dict[str, Any] = {}
+    for k, v in vars(mod).items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, _SCALARS):
+            cfg[k] = v
+        elif isinstance(v, tuple) and len(v) <= 8 and all(isinstance(x, _SCALARS) for x in v):
+            cfg[k] = list(v)
+    cfg["training"] = bool(mod.training)
+    return cfg
+
+
+def _own_params(mod: torch.nn.Module) -> dict[str, np.ndarray]:
+    out = {n: to_numpy(p) for n, p in mod._parameters.items() if p is not None}
+    for n, b in mod._buffers.items():
+        if b is not None and b.dtype.is_floating_point and n in ("running_mean", "running_var"):
+            out[n] = to_numpy(b)
+    return out
+
+
+def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
+    """Turn a dict / tuple / single array of numpy, torch or jax arrays into (args, kwargs)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v
+        if isinstance(v, np.ndarray) or type(v).__module__.startswith(("jax", "jaxlib")):
+            return from_numpy(np.asarray(v))
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, (np.ndarray, torch.Tensor)) for x in v):
+            return type(v)(conv(x) for x in v)
+        return v
+
+    if isinstance(inputs, Mapping):
+        return (), {k: conv(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(conv(v) for v in inputs), {}
+    if isinstance(inputs, (np.ndarray, torch.Tensor)) or type(inputs).__module__.startswith(("jax", "jaxlib")):
+        return (conv(inputs),), {}
+    raise InputError(
+        f"{name} must be a dict (keyword arguments), a tuple (positional arguments) or one array; "
+        f"got {type(inputs).__name__}."
+    )
+
+
+class TorchSide:
+    """Records every module call of ``model(*args, **kwargs)``."""
+
+    name = "torch"
+    framework = "torch"
+
+    def __init__(self, model: Any, inputs: Any):
+        if not isinstance(model, torch.nn.Module):
+            raise ModelTypeError(
+                f"pt_model must be a torch.nn.Module, got {type(model).__name__}. "
+                "Pass the PyTorch model itself (not its state_dict or a function)."
+            )
+        self.model = model
+        self.args, self.kwargs = to_torch_inputs(inputs)
+        self.modules = list(model.named_modules())
+
+    def describe(self) -> str:
+        return type(self.model).__name__
+
+    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True) -> Trace:
+        trace = Trace(side="torch", framework="torch")
+        for name, mod in self.modules:
+            path = canonical_path(name)
+            trace.module_types[path] = type(mod).__name__
+            trace.config[path] = module_config(mod)
+            p = _own_params(mod)
+            if p:
+                trace.params[path] = p
+        counters: dict[str, int] = {}
+        pending: dict[int, list] = {}
+        handles = []
+        subst = substitute or {}
+
+        def make_pre(path: str):
+            def pre(mod, args, kwargs):
+                idx = counters.get(path, 0)
+                counters[path] = idx + 1
+                rec = CallRecord(path=path, call_index=idx, module_type=type(mod).__name__)
+                pending.setdefault(id(mod), []).append(rec)
+                new = None
+                try:
+                    s = subst.get((path, idx))
+                    if s:
+                        own = {**flatten(args, ("args",)), **flatten(kwargs, ("kwargs",))}
+                        rec.raw_inputs = {k: v for k, v in own.items() if k in s}
+                        args = _replace(args, ("args",), s)
+                        kwargs = _replace(kwargs, ("kwargs",), s)
+                        new = (args, kwargs)
+                    rec.inputs = {**flatten(args, ("args",)), **flatten(kwargs, ("kwargs",))}
+                except Exception as e:  # never break the user's forward
+                    rec.error = f"input capture failed: {type(e).__name__}: {e}"
+                return new
+
+            return pre
+
+        def make_post(path: str):
+            def post(mod, args, kwargs, output):
+                stack = pending.get(id(mod))
+                if not stack:
+                    return None
+                rec = stack.pop()
+                try:
+                    if record_outputs:
+                        rec.outputs = flatten(output, ("out",))
+                except Exception as e:
+                    rec.error = f"output capture failed: {type(e).__name__}: {e}"
+                rec.order = len(trace.records)
+                trace.records.append(rec)
+                return None
+
+            return post
+
+        rng = torch.get_rng_state()
+        try:
+            for name, mod in self.modules:
+                path = canonical_path(name)
+                handles.append(mod.register_forward_pre_hook(make_pre(path), with_kwargs=True))
+                handles.append(mod.register_forward_hook(make_post(path), with_kwargs=True))
+            with torch.no_grad():
+                try:
+                    self.model(*self.args, **self.kwargs)
+                except Exception as e:
+                    raise _forward_error(self.model, self.args, self.kwargs, e) from e
+        finally:
+            for h in handles:
+                h.remove()
+            torch.set_rng_state(rng)
+        trace.meta.update(
+            {
+                "model": type(self.model).__name__,
+                "dtype": _main_dtype(self.model),
+                "training": bool(self.model.training),
+                "torch_version": torch.__version__,
+                "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            }
+        )
+        return trace
+
+
+def _main_dtype(model: torch.nn.Module) -> str:
+    for p in model.parameters():
+        return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _forward_error(model, args, kwargs, e: Exception) -> CaptureError:
+    shapes = {k: tuple(v.shape) for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    shapes.update({f"arg{i}": tuple(v.shape) for i, v in enumerate(args) if isinstance(v, torch.Tensor)})
+    return CaptureError(
+        f"The PyTorch model {type(model).__name__} raised {type(e).__name__} during its forward pass: {e}. "
+        f"Inputs given: {shapes or 'none'}. Check that `inputs` fit this model (names, shapes, dtypes); "
+        "pass `flax_inputs=` if the two models take different arguments. Hooks were removed and the model "
+        "is unchanged."
+    )

@@ -1,0 +1,476 @@
+"""``xfdiff.compare``: capture both sides, align, measure, localize, diagnose."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .align import Alignment, align
+from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
+from .evidence import Evidence, Row
+from .layout import Transform, best_transform, candidates
+from .metrics import Tolerance, as_tolerance, compare_arrays, error_detail, lower_precision
+from .report import LayerDiff, Report
+from .trace import CallRecord, Trace, call_key
+
+
+def _flax_side(flax_model: Any, inputs: Any, jit: bool):
+    mod = type(flax_model).__module__
+    if isinstance(flax_model, tuple) or any(c.__name__ == "FlaxPreTrainedModel" for c in type(flax_model).__mro__):
+        from .capture.from_linen import LinenSide
+
+        return LinenSide(flax_model, inputs, jit=jit)
+    if "flax" in sys.modules and _is_nnx(flax_model):
+        from .capture.from_nnx import NnxSide
+
+        return NnxSide(flax_model, inputs, jit=jit)
+    if mod.startswith("torch"):
+        raise ModelTypeError(
+            "flax_model is a PyTorch module. Pass the PyTorch model first and the Flax model second: "
+            "xfdiff.compare(pt_model, flax_model, inputs)."
+        )
+    if callable(flax_model) and not isinstance(flax_model, type):
+        from .capture.from_jaxfn import TapSide
+
+        return TapSide(flax_model, inputs, jit=jit)
+    raise ModelTypeError(
+        f"Unsupported flax_model of type {type(flax_model).__name__}: pass a Hugging Face "
+        "FlaxPreTrainedModel, a (linen_module, variables) tuple, an nnx.Module, or a function whose "
+        "values are marked with xfdiff.tap()."
+    )
+
+
+def _is_nnx(obj: Any) -> bool:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax always has nnx in supported versions
+        return False
+    return isinstance(obj, nnx.Module)
+
+
+def _torch_side(pt_model: Any, inputs: Any):
+    if not type(pt_model).__module__.startswith("torch") and "torch" not in sys.modules:
+        raise ModelTypeError(
+            f"pt_model must be a torch.nn.Module, got {type(pt_model).__name__}. "
+            "Pass the PyTorch model first and the Flax model second."
+        )
+    from .capture.from_torch import TorchSide
+
+    return TorchSide(pt_model, inputs)
+
+
+def compare(
+    pt_model: Any,
+    flax_model: Any,
+    inputs: Any,
+    *,
+    flax_inputs: Any = None,
+    reference: str = "torch",
+    tolerance: Tolerance | float | dict | None = None,
+    mapping: Any = None,
+    local: bool = True,
+    diagnose: bool = True,
+    jit: bool = True,
+    progress: bool | None = None,
+) -> Report:
+    """Compare a PyTorch model and its Flax port layer by layer.
+
+    Args:
+        pt_model: a ``torch.nn.Module``.
+        flax_model: a Hugging Face ``FlaxPreTrainedModel``, a ``(linen_module,
+            variables)`` tuple, an ``nnx.Module``, or a JAX function whose
+            intermediate values are marked with :func:`xfdiff.tap`.
+        inputs: a dict (keyword arguments), a tuple (positional) or one
+            array; numpy, torch or jax arrays.
+        flax_inputs: inputs for the Flax side when the two take different
+            arguments (defaults to ``inputs``).
+        reference: ``"torch"`` or ``"flax"``: the side errors are measured against.
+        tolerance: :class:`Tolerance`, a number (atol = rtol), or a dict.
+        mapping: explicit pairs ``{torch_path: flax_path}`` (regex rules allowed,
+            see :mod:`xfdiff.mapping`), or a path to a mapping file.
+        local: re-run the port with every aligned module fed the reference's
+            inputs (teacher forcing) to measure each layer's own error.
+        diagnose: run the pitfall detectors on the culprit layer.
+        jit: run the Flax side under ``jax.jit`` (falls back to eager when the
+            model needs concrete values).
+        progress: show progress on stderr (default: when it is a terminal).
+
+    Returns:
+        A :class:`Report`.
+
+    Raises:
+        ModelTypeError, InputError, CaptureError, AlignmentError, ConfigError
+        (all :class:`XfdiffError`).
+    """
+    if reference not in ("torch", "flax"):
+        raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
+    tol = as_tolerance(tolerance)
+    from .progress import Progress
+
+    prog = Progress(enabled=progress)
+    torch_side = _torch_side(pt_model, inputs)
+    flax_side = _flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, jit)
+    env_findings = _environment(pt_model, flax_model) if diagnose else []
+    prog.step("capturing PyTorch")
+    tt = torch_side.capture()
+    prog.step("capturing Flax")
+    tf = flax_side.capture()
+    prog.step("aligning")
+    explicit = None
+    if mapping is not None:
+        from .mapping import resolve_mapping
+
+        explicit = resolve_mapping(mapping, tt, tf)
+    al = align(tt, tf, explicit=explicit)
+    if len([a for a in al.pairs if a != ""]) == 0 and len(tt.paths()) > 1 and len(tf.paths()) > 1:
+        raise AlignmentError(
+            f"No module of {torch_side.describe()} could be paired with one of {flax_side.describe()}: "
+            "their parameters, names and structure share nothing. Check that the port loaded the "
+            "reference weights, or pass mapping={torch_path: flax_path}."
+        )
+    prog.step("comparing")
+    ev = Evidence(tt, tf, al, [], tol, reference, torch_model=pt_model, flax_model=flax_model)
+    ev.rows = _rows(tt, tf, al, tol, reference)
+    ev.final = _final_row(tt, tf, tol, reference)
+    notes: list[str] = []
+    if local and ev.rows:
+        prog.step("teacher forcing")
+        _localize(ev, torch_side if reference == "flax" else flax_side, notes)
+    else:
+        _assign_blame(ev.rows)
+    report = Report(
+        layers=[r.layer for r in ev.rows],
+        unmatched=al.unmatched,
+        meta=_meta(tol, reference, torch_side, flax_side, tt, tf, al, notes, local),
+        final=ev.final.layer if ev.final else None,
+    )
+    report.findings = list(env_findings)
+    if diagnose:
+        prog.step("diagnosing")
+        report.findings += _diagnose(ev, report)
+    prog.done()
+    return report
+
+
+def _environment(pt_model, flax_model):
+    try:
+        from .pitfalls import environment_checks
+    except ImportError:
+        return []
+    return environment_checks(pt_model, flax_model)
+
+
+def _diagnose(ev: Evidence, report: Report):
+    try:
+        from .pitfalls import diagnose
+    except ImportError:
+        return []
+    try:
+        return diagnose(ev, report)
+    except XfdiffError:
+        raise
+    except Exception as e:  # a detector bug must not hide the comparison itself
+        warnings.warn(f"xfdiff: pitfall diagnosis failed ({type(e).__name__}: {e}); the report has no findings.",
+                      stacklevel=3)
+        return []
+
+
+def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, local) -> dict:
+    n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
+    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and p in al.pairs)
+    return {
+        "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
+        "reference": reference,
+        "torch_model": ts.describe(),
+        "flax_model": fs.describe(),
+        "flax_framework": fs.framework,
+        "torch_meta": tt.meta,
+        "flax_meta": tf.meta,
+        "n_torch_calls": len(tt.records),
+        "n_flax_calls": len(tf.records),
+        "n_param_modules_torch": n_param_t,
+        "n_param_modules_aligned": n_param_aligned,
+        "alignment": {a: {"flax": b, "how": al.how[a], "confidence": al.confidence[a]} for a, b in al.pairs.items()},
+        "local": bool(local),
+        "notes": notes,
+    }
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray]) -> list[tuple[str, str, Transform]]:
+    """Pair float output leaves: same key first, then in order among layout-compatible leaves."""
+    pairs = []
+    used: set[str] = set()
+    for rk, rv in ref.items():
+        choice = None
+        if rk in port and rk not in used and candidates(rv.shape, port[rk].shape):
+            choice = rk
+        else:
+            for pk, pv in port.items():
+                if pk not in used and candidates(rv.shape, pv.shape):
+                    choice = pk
+                    break
+        if choice is None:
+            continue
+        t, _ = best_transform(rv, port[choice])
+        if t is None:
+            continue
+        used.add(choice)
+        pairs.append((rk, choice, t))
+    return pairs
+
+
+def _status(stats) -> str:
+    if stats.nonfinite_mismatch:
+        return "nonfinite"
+    return "ok" if stats.frac_outside == 0 else "diverged"
+
+
+def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
+    """Worst matched output leaf: (stats, ref_key, port_key, transform, atol, rtol) or None."""
+    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
+    best = None
+    for rk, pk, t in _pair_outputs(ref_out, port_out):
+        r = t.forward(ref_out[rk])
+        p = port_out[pk]
+        atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
+        s = compare_arrays(r, p, atol, rtol)
+        key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
+        if best is None or key > best[0]:
+            best = (key, s, rk, pk, t, atol, rtol)
+    return None if best is None else best[1:]
+
+
+def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -> list[Row]:
+    by_f: dict[str, list[CallRecord]] = {}
+    for r in tf.records:
+        by_f.setdefault(r.path, []).append(r)
+    rows = []
+    ref_trace = tt if reference == "torch" else tf
+    for rec in ref_trace.records:
+        if reference == "torch":
+            a = rec.path
+            if a not in al.pairs:
+                continue
+            calls = by_f.get(al.pairs[a], [])
+            if rec.call_index >= len(calls):
+                continue
+            rt, rf = rec, calls[rec.call_index]
+        else:
+            rev = al.reverse
+            if rec.path not in rev:
+                continue
+            tcalls = tt.calls_of(rev[rec.path])
+            if rec.call_index >= len(tcalls):
+                continue
+            rt, rf = tcalls[rec.call_index], rec
+        row = _make_row(rt, rf, al, tol, reference)
+        if row is not None:
+            row.layer.order = len(rows)
+            rows.append(row)
+    return rows
+
+
+def _make_row(rt: CallRecord, rf: CallRecord, al: Alignment, tol: Tolerance, reference: str) -> Row | None:
+    ref_rec, port_rec = (rt, rf) if reference == "torch" else (rf, rt)
+    lyr = LayerDiff(
+        torch_path=rt.path, flax_path=rf.path, call_index=rt.call_index,
+        torch_type=rt.module_type, flax_type=rf.module_type,
+        match=al.how.get(rt.path, ""), confidence=al.confidence.get(rt.path, 0.0), depth=rt.depth,
+    )
+    errs = [e for e in (rt.error, rf.error) if e]
+    if errs:
+        lyr.note = "; ".join(errs)
+    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
+    if not ref_out or not port_out:
+        if not ref_out and not port_out:
+            return None
+        lyr.status = "shape_mismatch"
+        lyr.note = (lyr.note + "; " if lyr.note else "") + "only one side returned floating-point outputs"
+        return Row(lyr, rt, rf, None, None, None)
+    m = _measure(ref_rec, port_rec, tol)
+    fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
+    if m is None:
+        lyr.status = "shape_mismatch"
+        lyr.torch_shape = tuple(next(iter(fo_t.values())).shape)
+        lyr.flax_shape = tuple(next(iter(fo_f.values())).shape)
+        lyr.note = (
+            f"output shapes {[v.shape for v in fo_t.values()]} (torch) and {[v.shape for v in fo_f.values()]} (flax) "
+            "fit no legal layout transform (NCHW/NHWC, head split/merge, broadcast, transpose)"
+        )
+        return Row(lyr, rt, rf, None, None, None)
+    s, rk, pk, t, atol, rtol = m
+    _fill(lyr, s, atol, rtol)
+    lyr.output_key = rk
+    lyr.layout = t.name
+    tk, fk = (rk, pk) if reference == "torch" else (pk, rk)
+    lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
+    lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
+    lyr.detail = error_detail(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk])
+    return Row(lyr, rt, rf, rk, pk, t)
+
+
+def _fill(lyr: LayerDiff, s, atol: float, rtol: float) -> None:
+    lyr.max_abs, lyr.mean_abs, lyr.rel_l2, lyr.cosine = s.max_abs, s.mean_abs, s.rel_l2, s.cosine
+    lyr.tol_needed, lyr.frac_outside, lyr.n_nonfinite = s.tol_needed, s.frac_outside, s.n_nonfinite
+    lyr.atol, lyr.rtol = atol, rtol
+    lyr.status = _status(s)
+
+
+def _final_row(tt: Trace, tf: Trace, tol: Tolerance, reference: str) -> Row | None:
+    rt, rf = tt.root(), tf.root()
+    if rt is None or rf is None:
+        return None
+    al = Alignment()
+    al.add(rt.path, rf.path, "root", 1.0)
+    return _make_row(rt, rf, al, tol, reference)
+
+
+# --- teacher forcing ----------------------------------------------------------------------
+
+
+def _input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str, Transform]]:
+    """For each float input leaf of the port call, the reference leaf that feeds it."""
+    ref_in = ref_rec.float_inputs()
+    port_in = port_rec.float_inputs()
+    out: dict[str, tuple[str, Transform]] = {}
+    used: set[str] = set()
+    for pk, pv in port_in.items():
+        options = []
+        for rk, rv in ref_in.items():
+            if rk in used or not candidates(rv.shape, pv.shape):
+                continue
+            t, err = best_transform(rv, pv)
+            if t is None:
+                continue
+            same_name = rk.split(".")[-1] == pk.split(".")[-1]
+            options.append((not same_name, err, rk, t))
+        if options:
+            _, _, rk, t = min(options, key=lambda o: (o[0], o[1]))
+            used.add(rk)
+            out[pk] = (rk, t)
+    return out
+
+
+def _localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
+    ref_is_torch = ev.reference == "torch"
+    subst: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    maps = []
+    for row in ev.rows:
+        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
+        m = _input_map(ref_rec, port_rec)
+        maps.append(m)
+        row.input_map = {pk: rk for pk, (rk, _) in m.items()}
+        if m:
+            subst[(port_rec.path, port_rec.call_index)] = {
+                pk: t.forward(ref_rec.inputs[rk]) for pk, (rk, t) in m.items()
+            }
+    try:
+        local_trace = port_side.capture(substitute=subst)
+    except XfdiffError as e:
+        notes.append(f"teacher-forced re-run failed ({e}); first divergence uses propagated error")
+        for row in ev.rows:
+            row.layer.note = _join(row.layer.note, "local error not measured: teacher-forced re-run failed")
+        return
+    if ref_is_torch:
+        ev.flax_local_trace = local_trace
+    else:
+        ev.torch_local_trace = local_trace
+    local_by_key = local_trace.by_key()
+    port_row = {}
+    for row in ev.rows:
+        port_rec = row.flax if ref_is_torch else row.torch
+        port_row[port_rec.key] = row
+    gaps = []
+    for row, m in zip(ev.rows, maps):
+        lyr = row.layer
+        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
+        lrec = local_by_key.get(call_key(port_rec.path, port_rec.call_index))
+        if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
+            lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
+            continue
+        row.port_local = lrec
+        missing = [k for k in port_rec.float_inputs() if k not in m]
+        r = row.transform.forward(ref_rec.outputs[row.ref_key])
+        p = lrec.outputs[row.port_key]
+        s = compare_arrays(r, p, lyr.atol, lyr.rtol)
+        lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
+        lyr.local_tol_needed = s.tol_needed
+        lyr.local_status = _status(s)
+        if lyr.local_status != "ok" or lyr.status != "ok":
+            lyr.local_detail = error_detail(r, p)
+        if missing:
+            lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
+        gaps.append((row, m, ref_rec, lrec))
+    for row, m, ref_rec, lrec in gaps:  # after every row has its own local error
+        _input_gap(row, m, ref_rec, lrec, local_trace, port_row)
+    _assign_blame(ev.rows)
+
+
+def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
+    """Error already present in a call's own input under teacher forcing.
+
+    Every earlier aligned call was forced, so what is left is what the
+    enclosing module's own code (between its children) did: blame the parent.
+    """
+    worst = None
+    for pk, (rk, t) in m.items():
+        raw = lrec.raw_inputs.get(pk)
+        ref = ref_rec.inputs[rk]
+        if raw is None or not np.all(np.isfinite(ref)) or (ref.size and np.max(np.abs(ref)) >= 1e4):
+            continue  # masks and fill values are compared by the pitfall detectors, not here
+        s = compare_arrays(t.forward(ref), raw, row.layer.atol, row.layer.rtol)
+        if worst is None or s.max_abs > worst[0].max_abs:
+            worst = (s, pk)
+    if worst is None:
+        return
+    s, pk = worst
+    row.layer.input_max_abs = s.max_abs
+    if s.passes():
+        return
+    parent = _enclosing_row(lrec, local_trace, port_row)
+    if parent is None:
+        return
+    pl = parent.layer
+    if pl.local_max_abs is None or s.max_abs > pl.local_max_abs:
+        pl.local_max_abs = s.max_abs
+    pl.local_status = "diverged" if s.nonfinite_mismatch == 0 else "nonfinite"
+    gap_at = row.layer.order - 0.5
+    if pl.blame_order is None or gap_at < pl.blame_order:
+        pl.blame_order = gap_at
+        pl.note = _join(pl.note, (
+            f"own code changes the value before it reaches {row.layer.label}: that call's input "
+            f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
+        ))
+
+
+def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None:
+    path = lrec.path
+    while True:
+        if path == "":
+            return None
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+        later = [r for r in trace.calls_of(path) if r.order > lrec.order]
+        if later:
+            enclosing = min(later, key=lambda r: r.order)
+            if enclosing.key in port_row:
+                return port_row[enclosing.key]
+
+
+def _assign_blame(rows: list[Row]) -> None:
+    """Where each row's own error first shows, in completion order (None: nowhere)."""
+    for row in rows:
+        lyr = row.layer
+        own_bad = lyr.local_status not in (None, "ok") if lyr.local_status is not None else lyr.status != "ok"
+        if own_bad:
+            at = float(lyr.order)
+            lyr.blame_order = at if lyr.blame_order is None else min(lyr.blame_order, at)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b

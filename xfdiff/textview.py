@@ -1,0 +1,73 @@
+"""Plain-text rendering of a report for terminals and logs."""
+
+from __future__ import annotations
+
+from .report import LayerDiff, Report
+
+
+def fmt(x: float | None) -> str:
+    """Compact number: ``3.2e-04``; ``—`` for missing."""
+    if x is None or x != x:
+        return "—"
+    if x == 0:
+        return "0"
+    return f"{x:.1e}"
+
+
+def _row(lyr: LayerDiff) -> str:
+    local = fmt(lyr.local_max_abs)
+    return f"  {lyr.status:<14} {fmt(lyr.max_abs):>9} {local:>9}  {lyr.label}"
+
+
+def summary_text(report: Report, max_rows: int = 12) -> str:
+    """The verdict first, then the findings, then the worst layers."""
+    ref = report.reference
+    n = len(report.layers)
+    n_bad = sum(lyr.status != "ok" for lyr in report.layers)
+    lines = [f"xfdiff: {n} aligned calls, {n_bad} outside tolerance (reference: {ref})"]
+    tol = report.meta.get("tolerance", {})
+    if tol:
+        atol = "dtype default" if tol.get("atol") is None else tol["atol"]
+        rtol = "dtype default" if tol.get("rtol") is None else tol["rtol"]
+        lines[0] += f", atol={atol}, rtol={rtol}"
+    if report.final is not None:
+        f = report.final
+        lines.append(f"final output: {f.status}, max_abs {fmt(f.max_abs)}, rel_l2 {fmt(f.rel_l2)}")
+    fd = report.first_divergence
+    if fd is None:
+        if report.diverged:
+            lines.append("No layer adds error on its own; the differences come from outside the aligned modules.")
+        else:
+            lines.append("No divergence: every aligned layer is within tolerance.")
+    else:
+        lines.append("")
+        lines.append(f"FIRST DIVERGENCE: {fd.label}  ({fd.torch_type or '?'} / {fd.flax_type or '?'})")
+        lines.append(f"  torch: {fd.torch_path!s}   flax: {fd.flax_path!s}")
+        lines.append(
+            f"  own (local) max_abs {fmt(fd.local_max_abs)}, propagated max_abs {fmt(fd.max_abs)}, "
+            f"rel_l2 {fmt(fd.rel_l2)}, cosine {fd.cosine:.6f}"
+        )
+        if fd.note:
+            lines.append(f"  note: {fd.note}")
+    for note in report.meta.get("notes", []):
+        lines.append(f"note: {note}")
+    if report.findings:
+        lines.append("")
+        lines.append("FINDINGS")
+        for f in report.findings:
+            where = f.torch_path if f.torch_path is not None else f.flax_path
+            lines.append(f"  [{f.pitfall}] at {where}: {f.message}")
+            if f.fix:
+                lines.append(f"      fix: {f.fix}")
+    bad = [lyr for lyr in report.layers if lyr.status != "ok"]
+    if bad:
+        lines.append("")
+        lines.append(f"  {'status':<14} {'max_abs':>9} {'local':>9}  layer (first {min(max_rows, len(bad))} of {len(bad)})")
+        lines.extend(_row(lyr) for lyr in bad[:max_rows])
+    um = report.unmatched
+    if um:
+        n_t = sum(u.side == "torch" for u in um)
+        n_f = len(um) - n_t
+        lines.append("")
+        lines.append(f"unmatched modules: {n_t} torch-only, {n_f} flax-only (see Report.unmatched)")
+    return "\n".join(lines)

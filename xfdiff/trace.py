@@ -1,0 +1,154 @@
+"""The framework-free record of one forward pass.
+
+A :class:`Trace` holds one :class:`CallRecord` per module call, in completion
+order (a child finishes before its parent). Records carry numpy arrays only;
+framework objects never leave the capture modules.
+
+Canonical paths are dotted with integer components as digits
+(``model.layers.3.self_attn``); the root module is ``""``. A method other than
+``__call__`` is written ``embed.attend``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ROOT = ""
+
+_FLAX_INDEX = re.compile(r"^(?P<name>.*?)_(?P<idx>\d+)$")
+
+
+def canonical_path(parts: tuple | list | str, method: str | None = None) -> str:
+    """Join path components into a canonical dotted path.
+
+    Flax names such as ``layers_3`` become ``layers.3`` and ``/`` separators
+    become dots. A method other than ``__call__`` is appended as ``.method``.
+
+    >>> canonical_path(("encoder", "layers_3", "fc1"))
+    'encoder.layers.3.fc1'
+    >>> canonical_path("embed", method="attend")
+    'embed.attend'
+    """
+    if isinstance(parts, str):
+        parts = [p for p in re.split(r"[./]", parts) if p]
+    out: list[str] = []
+    for p in parts:
+        p = str(p)
+        m = _FLAX_INDEX.match(p)
+        if m and m.group("name") and not m.group("name")[0].isupper():
+            out.extend([m.group("name"), m.group("idx")])
+        else:
+            out.append(p)
+    path = ".".join(out)
+    if method and method != "__call__":
+        path = f"{path}.{method}" if path else method
+    return path
+
+
+def display_path(path: str | None) -> str:
+    """Human label for a canonical path (the root prints as ``(root)``)."""
+    if path is None:
+        return "—"
+    return path if path else "(root)"
+
+
+def parent_path(path: str) -> str | None:
+    if path == ROOT:
+        return None
+    return path.rsplit(".", 1)[0] if "." in path else ROOT
+
+
+def call_key(path: str, call_index: int) -> str:
+    """``path`` for the first call, ``path#k`` for later ones."""
+    return path if call_index == 0 else f"{path}#{call_index}"
+
+
+@dataclass
+class CallRecord:
+    """One module call.
+
+    ``inputs`` / ``outputs`` map key paths (``args.0``, ``kwargs.hidden_states``,
+    ``out.last_hidden_state``) to numpy arrays; non-array leaves are dropped.
+    """
+
+    path: str
+    call_index: int
+    module_type: str
+    order: int = 0
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    error: str | None = None
+    method: str = "__call__"
+    # Under teacher forcing: the call's own inputs before they were replaced.
+    raw_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return call_key(self.path, self.call_index)
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.path == ROOT else self.path.count(".") + 1
+
+    def float_outputs(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.outputs.items() if _is_float(v)}
+
+    def float_inputs(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.inputs.items() if _is_float(v)}
+
+
+@dataclass
+class Trace:
+    """All calls of one forward pass on one side.
+
+    ``params`` maps a module's canonical path to the parameters it owns
+    directly (not its children's), by local name. ``config`` holds scalar
+    settings read off each module (epsilon, approximate, training, ...).
+    """
+
+    side: str  # "torch" or "flax"
+    framework: str  # "torch", "linen", "nnx", "jax"
+    records: list[CallRecord] = field(default_factory=list)
+    params: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    module_types: dict[str, str] = field(default_factory=dict)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def by_key(self) -> dict[str, CallRecord]:
+        return {r.key: r for r in self.records}
+
+    def calls_of(self, path: str) -> list[CallRecord]:
+        return [r for r in self.records if r.path == path]
+
+    def paths(self) -> list[str]:
+        """Distinct module paths in order of first completion."""
+        seen: dict[str, None] = {}
+        for r in self.records:
+            seen.setdefault(r.path, None)
+        return list(seen)
+
+    def root(self) -> CallRecord | None:
+        roots = [r for r in self.records if r.path == ROOT]
+        return roots[-1] if roots else None
+
+
+def _is_float(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind in "fc" or (
+        isinstance(a, np.ndarray) and a.dtype.name == "bfloat16"
+    )
+
+
+def is_float_array(a: Any) -> bool:
+    """True for numpy float/complex arrays, bfloat16 (ml_dtypes) included."""
+    return _is_float(a)
+
+
+def to_float64(a: np.ndarray) -> np.ndarray:
+    """Upcast any float array (bfloat16 included) to float64 for statistics."""
+    if a.dtype.kind == "c":
+        return a.astype(np.complex128)
+    return np.asarray(a, dtype=np.float64)
