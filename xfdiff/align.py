@@ -253,17 +253,18 @@ def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) ->
         partners = [al.pairs[d] for d in desc]
         taken = set(al.pairs.values())
         rev = al.reverse
+        options = []
         for b in _ancestors(partners[0]):
             if b not in set_b or not all(_is_ancestor(b, p) for p in partners):
                 continue
             inside = [rev[p] for p in rev if _is_ancestor(b, p)]
-            outside = [t for t in inside if not (_is_ancestor(a, t))]
-            if outside:
-                break  # b also holds partners of modules outside a: no exclusive counterpart
-            if b in taken:
-                continue
-            al.add(a, b, "descendants", min(1.0, 0.5 + 0.5 * len(desc) / max(len(inside), 1)))
-            break
+            if any(not _is_ancestor(a, t) for t in inside):
+                break  # b also holds partners of modules outside a: no exclusive counterpart above
+            if b not in taken:
+                options.append((name_similarity(a, b), b.count(".") if b else -1, b, len(inside)))
+        if options:
+            _, _, b, n_inside = max(options)
+            al.add(a, b, "descendants", min(1.0, 0.5 + 0.5 * len(desc) / max(n_inside, 1)))
 
 
 def _first_shape(trace: Trace, path: str) -> tuple | None:
