@@ -36,6 +36,7 @@ class Alignment:
     how: dict[str, str] = field(default_factory=dict)
     confidence: dict[str, float] = field(default_factory=dict)
     unmatched: list[Unmatched] = field(default_factory=list)
+    offset: dict[str, int] = field(default_factory=dict)  # torch path -> first flax call index
 
     def add(self, a: str, b: str, how: str, conf: float) -> None:
         self.pairs[a] = b
@@ -195,7 +196,7 @@ def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) 
             fp = fingerprint_score(fa[a], fb[b])
             nm = name_similarity(a, b)
             order = 1.0 - abs(rank_a[a] - rank_b[b])
-            if fp >= 0.5 or nm >= 0.6:
+            if fp >= 0.5 or (nm >= 0.6 and _shape_sig(ta.params[a]) == _shape_sig(tb.params[b])):
                 scored.append((2 * fp + nm + 0.5 * order, fp, nm, a, b))
     scored.sort(key=lambda s: -s[0])
     used_b: set[str] = set()
@@ -206,6 +207,29 @@ def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) 
         al.add(a, b, how, min(1.0, 0.5 * fp + 0.5 * nm + (0.25 if fp >= 0.99 else 0)))
         used_b.add(b)
     _pair_by_order(ta, tb, A, B, al)
+    _pair_tied(ta, tb, A, fa, fb, al)
+
+
+def _pair_tied(ta: Trace, tb: Trace, A: list[str], fa: dict, fb: dict, al: Alignment) -> None:
+    """Torch modules sharing one weight (tied embeddings) vs one Flax module called several times.
+
+    Each torch module gets the Flax module's calls in execution order
+    (``Alignment.offset`` says where its calls start).
+    """
+    first = {r.path: r.order for r in reversed(ta.records)}
+    for b, prints in fb.items():
+        tied = [a for a in A if fingerprint_score(fa[a], prints) >= 0.99 and (a not in al.pairs or al.pairs[a] == b)]
+        n_b = len(tb.calls_of(b))
+        if len(tied) < 2 or b not in al.pairs.values() or n_b < 2:
+            continue
+        offset = 0
+        for a in sorted(tied, key=lambda p: first.get(p, 0)):
+            if offset >= n_b:
+                break
+            if a not in al.pairs:
+                al.add(a, b, "tied weights", 0.9)
+            al.offset[a] = offset
+            offset += len(ta.calls_of(a))
 
 
 def _shape_sig(params: dict[str, np.ndarray]) -> list[tuple]:
@@ -274,6 +298,27 @@ def _first_shape(trace: Trace, path: str) -> tuple | None:
     return None
 
 
+def _first_float(d: dict) -> np.ndarray | None:
+    for v in d.values():
+        if np.asarray(v).dtype.kind == "f":
+            return np.asarray(v, dtype=np.float64)
+    return None
+
+
+def _values_agree(ta: Trace, tb: Trace, a: str, b: str, rel: float = 1e-2) -> bool:
+    ra, rb = ta.calls_of(a), tb.calls_of(b)
+    if not ra or not rb:
+        return False
+    for side_a, side_b in ((ra[0].inputs, rb[0].inputs), (ra[0].outputs, rb[0].outputs)):
+        x, y = _first_float(side_a), _first_float(side_b)
+        if x is None or y is None or x.shape != y.shape:
+            return False
+        den = np.linalg.norm(x) or 1.0
+        if not np.linalg.norm(x - y) <= rel * den:
+            return False
+    return True
+
+
 def _nearest_paired(path: str, pairs: dict[str, str]) -> str | None:
     for anc in _ancestors(path):
         if anc in pairs:
@@ -285,14 +330,14 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
     rev = al.reverse
     groups_a: dict[str, list[str]] = {}
     for a in pa_paths:
-        if a in al.pairs:
+        if a in al.pairs or ta.params.get(a):
             continue
         anc = _nearest_paired(a, al.pairs)
         if anc is not None:
             groups_a.setdefault(al.pairs[anc], []).append(a)
     groups_b: dict[str, list[str]] = {}
     for b in pb_paths:
-        if b in rev:
+        if b in rev or tb.params.get(b):
             continue
         anc = _nearest_paired(b, rev)
         if anc is not None:
@@ -314,15 +359,18 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
                     free.remove(b)
                     la.remove(a)
                     break
-        # 2) order and output shape
+        # 2) order and output shape, confirmed by values: a parameter-free module has
+        # no weights to identify it, and an activation and the dropout after it share
+        # shapes, so inputs *and* outputs must agree closely.
         j = 0
         for a in la:
             sa = _first_shape(ta, a)
-            while j < len(free) and _first_shape(tb, free[j]) != sa:
-                j += 1
-            if j < len(free) and sa is not None:
-                al.add(a, free[j], "order+shape", 0.4)
-                j += 1
+            k = j
+            while k < len(free) and not (_first_shape(tb, free[k]) == sa and _values_agree(ta, tb, a, free[k])):
+                k += 1
+            if k < len(free) and sa is not None:
+                al.add(a, free[k], "order+shape", 0.4)
+                j = k + 1
 
 
 def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:

@@ -18,7 +18,10 @@ from .trace import CallRecord, Trace, call_key
 
 
 def _flax_side(flax_model: Any, inputs: Any, jit: bool):
-    mod = type(flax_model).__module__
+    if _is_fn_pair(flax_model):
+        from .capture.from_jaxfn import TapSide
+
+        return TapSide(flax_model, inputs, jit=jit)
     if isinstance(flax_model, tuple) or any(c.__name__ == "FlaxPreTrainedModel" for c in type(flax_model).__mro__):
         from .capture.from_linen import LinenSide
 
@@ -27,7 +30,7 @@ def _flax_side(flax_model: Any, inputs: Any, jit: bool):
         from .capture.from_nnx import NnxSide
 
         return NnxSide(flax_model, inputs, jit=jit)
-    if mod.startswith("torch"):
+    if "torch" in sys.modules and isinstance(flax_model, sys.modules["torch"].nn.Module):
         raise ModelTypeError(
             "flax_model is a PyTorch module. Pass the PyTorch model first and the Flax model second: "
             "xfdiff.compare(pt_model, flax_model, inputs)."
@@ -41,6 +44,13 @@ def _flax_side(flax_model: Any, inputs: Any, jit: bool):
         "FlaxPreTrainedModel, a (linen_module, variables) tuple, an nnx.Module, or a function whose "
         "values are marked with xfdiff.tap()."
     )
+
+
+def _is_fn_pair(obj: Any) -> bool:
+    """``(fn, params)``: a plain JAX function and its parameter tree (not a linen module)."""
+    if not (isinstance(obj, tuple) and len(obj) == 2 and callable(obj[0])):
+        return False
+    return not any(c.__module__.startswith("flax") for c in type(obj[0]).__mro__)
 
 
 def _is_nnx(obj: Any) -> bool:
@@ -258,9 +268,10 @@ def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -
             if a not in al.pairs:
                 continue
             calls = by_f.get(al.pairs[a], [])
-            if rec.call_index >= len(calls):
+            j = rec.call_index + al.offset.get(a, 0)
+            if j >= len(calls):
                 continue
-            rt, rf = rec, calls[rec.call_index]
+            rt, rf = rec, calls[j]
         else:
             rev = al.reverse
             if rec.path not in rev:
@@ -434,7 +445,7 @@ def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: 
     if s.passes():
         return
     parent = _enclosing_row(lrec, local_trace, port_row)
-    if parent is None:
+    if parent is None or _sibling_explains(parent, row, local_trace, port_row):
         return
     pl = parent.layer
     if pl.local_max_abs is None or s.max_abs > pl.local_max_abs:
@@ -447,6 +458,27 @@ def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: 
             f"own code changes the value before it reaches {row.layer.label}: that call's input "
             f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
         ))
+
+
+def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bool:
+    """True when an earlier call inside the same parent call has its own local error.
+
+    Its output feeds this call's input, so the gap is that call's, not the parent's.
+    """
+    p_local = parent.port_local
+    if p_local is None:
+        return False
+    prefix = p_local.path + "." if p_local.path else ""
+    earlier = [r for r in trace.calls_of(p_local.path) if r.order < p_local.order]
+    start = max((r.order for r in earlier), default=-1)
+    me = row.port_local.order if row.port_local is not None else None
+    for r in trace.records:
+        if me is not None and r.order >= me:
+            break
+        if r.order > start and r.path.startswith(prefix) and r.key in port_row:
+            if port_row[r.key].layer.local_status not in (None, "ok"):
+                return True
+    return False
 
 
 def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None:

@@ -207,13 +207,19 @@ class LinenSide:
             args, kwargs = jax.tree_util.tree_unflatten(treedef, full)
             captured: list = []
             counters: dict[str, int] = {}
+            stack: list[tuple] = []
 
             def interceptor(next_fun, a, kw, ctx):
                 name = ctx.method_name
                 if name == "setup" or (name.startswith("_") and name != "__call__"):
                     return next_fun(*a, **kw)
                 mod = ctx.module
-                path = canonical_path(mod.path, name)
+                parts = tuple(mod.path)
+                if not parts and stack:
+                    # A submodule run through `.apply` inside the forward (e.g. a tied LM
+                    # head) starts a new scope; name it under the module that applies it.
+                    parts = stack[-1] + (mod.name or type(mod).__name__,)
+                path = canonical_path(parts, name)
                 idx = counters.get(path, 0)
                 counters[path] = idx + 1
                 keys = sub_keys.get((path, idx))
@@ -225,7 +231,11 @@ class LinenSide:
                     a = replace_arrays(tuple(a), ("args",), s)
                     kw = replace_arrays(dict(kw), ("kwargs",), s)
                 ins = {**flatten_arrays(tuple(a), ("args",)), **flatten_arrays(dict(kw), ("kwargs",))}
-                out = next_fun(*a, **kw)
+                stack.append(parts)
+                try:
+                    out = next_fun(*a, **kw)
+                finally:
+                    stack.pop()
                 outs = flatten_arrays(out, ("out",)) if record_outputs else {}
                 statics.append((path, idx, type(mod).__name__, name, module_config(mod)))
                 captured.append((ins, outs, raw))

@@ -1,0 +1,144 @@
+"""Capture plain JAX functions whose values are marked with :func:`xfdiff.tap`.
+
+A model written as functions over a parameter tree has no modules to hook,
+so the user names the values (or steps) worth comparing::
+
+    def forward(params, x):
+        for i, p in enumerate(params["layers"]):
+            h = xfdiff.tap(f"layers.{i}.fc1", dense, p["fc1"], x)   # a step: local error too
+            x = xfdiff.tap(f"layers.{i}", x + dense(p["fc2"], gelu(h)))  # a value
+        return x
+
+    xfdiff.compare(pt_model, (forward, params), x)
+
+Each tap becomes one call record under its dotted name (``layers_0`` reads as
+``layers.0``); the function itself is the root record ``""``. With
+``(fn, params)`` the function is called ``fn(params, *args, **kwargs)`` and the
+parameter tree gives each tap path its parameters (the dict holding arrays
+``kernel`` / ``bias`` at ``params["layers"][0]["fc1"]`` belongs to
+``layers.0.fc1``), so alignment can use parameter fingerprints; a leading
+``{"params": ...}`` collection is looked through, as in linen variables.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..errors import CaptureError, ModelTypeError
+from ..trace import Trace, canonical_path
+from . import Substitute
+from .from_linen import function_name, key_str, to_jax_inputs
+from .jax_record import run_once, run_with_fallbacks
+
+
+def params_by_path(params: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Float arrays of a parameter tree grouped by the path of the dict that holds them."""
+    if isinstance(params, Mapping) and set(params) == {"params"}:
+        params = params["params"]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    for path, leaf in leaves:
+        if not isinstance(leaf, (jax.Array, np.ndarray)) or not np.issubdtype(leaf.dtype, np.inexact):
+            continue
+        parts = [key_str(p) for p in path]
+        owner = canonical_path(tuple(parts[:-1]))
+        out.setdefault(owner, {})[parts[-1] if parts else "value"] = np.asarray(leaf)
+    return out
+
+
+def _unjit(fn: Callable) -> Callable:
+    """The Python function behind a ``jax.jit`` wrapper, so taps run inside xfdiff's own trace.
+
+    A jitted function that was called before would otherwise be served from
+    its cache, where no tap runs.
+    """
+    inner = getattr(fn, "__wrapped__", None)
+    if inner is not None and hasattr(fn, "lower") and callable(inner):
+        return inner
+    return fn
+
+
+class TapSide:
+    """Records the taps of one call of a JAX function.
+
+    Args:
+        fn: the function, or ``(fn, params)``: then it is called as
+            ``fn(params, *args, **kwargs)`` and ``params`` (a pytree of arrays)
+            supplies each tap path's parameters for alignment.
+        inputs: a dict (keyword arguments), a tuple (positional) or one array.
+        jit: trace the function under ``jax.jit`` (falls back to eager when
+            it needs concrete values).
+        params: the parameter tree, instead of passing ``(fn, params)``.
+    """
+
+    name = "flax"
+    framework = "jax"
+
+    def __init__(self, fn: Any, inputs: Any, jit: bool = True, params: Any = None):
+        if isinstance(fn, tuple):
+            if len(fn) != 2 or not callable(fn[0]):
+                raise ModelTypeError(
+                    "A function port is passed as fn or (fn, params); got a tuple of "
+                    f"{len(fn)} whose first item is {type(fn[0]).__name__}."
+                )
+            fn, params = fn
+        if not callable(fn):
+            raise ModelTypeError(f"TapSide needs a callable, got {type(fn).__name__}.")
+        self.fn = _unjit(fn)
+        self.params = params
+        self.args, self.kwargs = to_jax_inputs(inputs, "flax_inputs")
+        self.jit = jit
+        self.mode = "direct"
+        self.label = function_name(self.fn) or type(self.fn).__name__
+
+    def describe(self) -> str:
+        return self.label
+
+    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True) -> Trace:
+        """Call the function once and record the root call and every tap (see :mod:`xfdiff.capture`)."""
+        fn, has_params = self.fn, self.params is not None
+
+        def body(tree, rec):
+            params, args, kwargs = tree
+            ids = {id(x) for x in jax.tree_util.tree_leaves(params)}
+            rec.tap_skip = (lambda x: id(x) in ids) if ids else None
+            call = (lambda *a, **k: fn(params, *a, **k)) if has_params else fn
+            rec.call("", self.label, {}, call, args, kwargs)
+
+        def attempt(jit: bool, mode: str):
+            return run_once(body, (self.params, self.args, self.kwargs), substitute, record_outputs, jit, mode)
+
+        try:
+            rec, returned, self.jit, self.mode = run_with_fallbacks(attempt, self.jit, self.mode)
+        except Exception as e:
+            raise CaptureError(
+                f"The JAX function {self.label} raised {type(e).__name__} during its forward pass: {e}. "
+                "Check that the inputs fit this function; pass `flax_inputs=` if it takes different "
+                "arguments than the PyTorch model."
+            ) from e
+        trace = Trace(side="flax", framework="jax")
+        rec.fill(trace, returned)
+        if len(trace.records) <= 1:
+            warnings.warn(
+                f"xfdiff: no xfdiff.tap() ran inside {self.label}; only its final output is compared. "
+                "Mark values with xfdiff.tap(path, value). Taps inside a separately jitted helper that was "
+                "already compiled do not run: call jax.clear_caches() first.",
+                stacklevel=3,
+            )
+        trace.params = params_by_path(self.params) if has_params else {}
+        for p in trace.params:
+            trace.module_types.setdefault(p, "params")
+        trace.meta.update({
+            "model": self.label,
+            "backend": jax.default_backend(),
+            "x64": bool(jax.config.jax_enable_x64),
+            "jax_version": jax.__version__,
+            "jit": self.jit,
+            "capture_mode": self.mode,
+        })
+        return trace

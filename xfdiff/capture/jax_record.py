@@ -1,0 +1,280 @@
+"""Recording calls inside JAX code: NNX module calls and ``xfdiff.tap`` steps.
+
+Design note. Values can leave a traced forward pass in two ways:
+
+- ``direct``: each call's inputs and outputs are collected while the forward
+  runs (at trace time under ``jax.jit``) and returned from the jitted
+  function. Order and call indices are exact and cheap.
+- ``callback``: when the model applies its own transforms (``nnx.jit``,
+  ``jax.lax.scan``, ``jax.checkpoint`` ...) values live in an inner trace and
+  cannot be returned; each call then hands its values to the host through
+  ``jax.debug.callback`` and gets its call index when it actually runs, so a
+  cached inner function that runs twice still gives two records.
+
+A side first tries ``direct`` and switches to ``callback`` when a value escaped
+an inner trace. Teacher forcing (``substitute``) is looked up with trace-time
+call indices in both modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..tap import _active, set_recorder
+from ..trace import CallRecord, Trace, canonical_path
+from . import Substitute, leaf_key
+from .from_linen import key_str
+
+DIRECT, CALLBACK, UNORDERED = "direct", "callback", "unordered"
+
+# Errors meaning "a value escaped an inner transform": retry with callbacks.
+ESCAPE_ERRORS: tuple[type[BaseException], ...] = (jax.errors.UnexpectedTracerError,)
+
+
+class Escaped(Exception):
+    """Raised in eager direct mode when a recorded value is an inner-transform tracer."""
+
+
+def _is_array(x: Any) -> bool:
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        return False
+    # PRNG key arrays have an extended dtype numpy cannot hold.
+    return not jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended)
+
+
+def flatten_leaves(obj: Any, prefix: tuple, skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """Array leaves of a pytree keyed like ``args.0`` / ``kwargs.x`` / ``out.0``.
+
+    ``skip(node)`` drops whole subtrees (NNX modules passed as arguments,
+    parameter leaves of a tapped step).
+    """
+    is_leaf = skip if skip is not None else None
+    leaves, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=is_leaf)
+    out = {}
+    for path, leaf in leaves:
+        if skip is not None and skip(leaf):
+            continue
+        if _is_array(leaf):
+            out[leaf_key(prefix + tuple(key_str(p) for p in path))] = leaf
+    return out
+
+
+def replace_leaves(obj: Any, prefix: tuple, subst: Mapping[str, Any], skip=None) -> Any:
+    """A copy of pytree ``obj`` whose array leaves at keys in ``subst`` are replaced."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(obj, is_leaf=skip)
+    new = []
+    for path, leaf in leaves:
+        key = leaf_key(prefix + tuple(key_str(p) for p in path))
+        if key in subst and _is_array(leaf) and not (skip is not None and skip(leaf)):
+            new.append(jnp.asarray(subst[key], dtype=leaf.dtype).reshape(leaf.shape))
+        else:
+            new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def substitute_arrays(substitute: Substitute | None) -> dict[str, Any]:
+    """Substituted values keyed ``path#index#leaf`` (passed to the jitted run as arguments)."""
+    return {f"{p}#{i}#{leaf}": jnp.asarray(a) for (p, i), d in (substitute or {}).items() for leaf, a in d.items()}
+
+
+class Recorder:
+    """Collects the calls of one forward run.
+
+    Args:
+        substitute: teacher-forcing inputs ``{(path, index): {leaf: array}}``.
+        svals: the same values as arrays usable inside the run (tracers under jit).
+        record_outputs: record output leaves.
+        mode: ``"direct"``, ``"callback"`` (ordered) or ``"unordered"``.
+        eager: True when no outer ``jax.jit`` wraps the run.
+    """
+
+    def __init__(self, substitute, svals, record_outputs: bool, mode: str, eager: bool):
+        self.sub_keys = {k: tuple(v) for k, v in (substitute or {}).items()}
+        self.svals = svals
+        self.record_outputs = record_outputs
+        self.mode = mode
+        self.eager = eager
+        self.trace_counts: dict[str, int] = {}
+        self.statics: list[tuple] = []  # (path, type, method, config, trace index)
+        self.values: list[tuple] = []  # direct: (entry, ins, outs, raw)
+        self.host: list[CallRecord] = []  # callback: records as they ran
+        self.run_counts: dict[str, int] = {}
+        self.stack: list[int] = []
+        self.tap_skip: Callable[[Any], bool] | None = None  # subtrees a tapped step does not take as inputs
+        self.token: Any = None  # which capture an NNX module's path tag belongs to
+
+    # --- at call time ----------------------------------------------------------------
+    def call(self, path: str, typ: str, cfg: dict, fn: Callable, args: tuple, kwargs: dict,
+             skip=None, owner: Any = None, method: str = "__call__") -> Any:
+        """Run ``fn(*args, **kwargs)`` as the call ``path``: force inputs, record both sides."""
+        idx = self._next(path)
+        keys = self.sub_keys.get((path, idx))
+        raw = {}
+        if keys:
+            own = {**flatten_leaves(args, ("args",), skip), **flatten_leaves(kwargs, ("kwargs",), skip)}
+            raw = {k: v for k, v in own.items() if k in keys}
+            s = {k: self.svals[f"{path}#{idx}#{k}"] for k in keys}
+            args = replace_leaves(args, ("args",), s, skip)
+            kwargs = replace_leaves(kwargs, ("kwargs",), s, skip)
+        ins = {**flatten_leaves(args, ("args",), skip), **flatten_leaves(kwargs, ("kwargs",), skip)}
+        self.stack.append(id(owner))
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            self.stack.pop()
+        outs = flatten_leaves(out, ("out",), skip) if self.record_outputs else {}
+        self._emit((path, typ, method, cfg, idx), ins, outs, raw)
+        return out
+
+    def tap_value(self, path: str, value: Any) -> Any:
+        """``xfdiff.tap(path, value)`` while this recorder is active."""
+        return self.value(canonical_path(path), value)
+
+    def tap_call(self, path: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
+        """``xfdiff.tap(path, fn, *args, **kwargs)`` while this recorder is active."""
+        name = getattr(fn, "__name__", type(fn).__name__)
+        return self.call(canonical_path(path), name, {}, fn, tuple(args), dict(kwargs), skip=self.tap_skip)
+
+    def value(self, path: str, value: Any) -> Any:
+        """Record ``value`` as the output of the call ``path`` (no inputs)."""
+        idx = self._next(path)
+        outs = flatten_leaves(value, ("out",)) if self.record_outputs else {}
+        self._emit((path, "tap", "__call__", {}, idx), {}, outs, {})
+        return value
+
+    def inside(self, owner: Any) -> bool:
+        """True while ``owner``'s own call is running (a ``super().__call__`` is not a new call)."""
+        return bool(self.stack) and self.stack[-1] == id(owner)
+
+    def _next(self, path: str) -> int:
+        idx = self.trace_counts.get(path, 0)
+        self.trace_counts[path] = idx + 1
+        return idx
+
+    def _emit(self, static: tuple, ins: dict, outs: dict, raw: dict) -> None:
+        entry = len(self.statics)
+        self.statics.append(static)
+        if self.mode == DIRECT:
+            if self.eager and any(isinstance(v, jax.core.Tracer) for d in (ins, outs, raw) for v in d.values()):
+                raise Escaped(static[0])
+            self.values.append((entry, ins, outs, raw))
+            return
+        jax.debug.callback(functools.partial(self._on_host, entry), ins, outs, raw,
+                           ordered=self.mode == CALLBACK)
+
+    def _on_host(self, entry: int, ins, outs, raw) -> None:
+        path, typ, method, _, _ = self.statics[entry]
+        self.host.append(self._record(entry, self._run_index(path), ins, outs, raw))
+
+    def _run_index(self, path: str) -> int:
+        idx = self.run_counts.get(path, 0)
+        self.run_counts[path] = idx + 1
+        return idx
+
+    def _record(self, entry: int, idx: int, ins, outs, raw) -> CallRecord:
+        path, typ, method, _, _ = self.statics[entry]
+        rec = CallRecord(path=path, call_index=idx, module_type=typ, method=method)
+        rec.inputs = {k: np.asarray(v) for k, v in ins.items()}
+        rec.outputs = {k: np.asarray(v) for k, v in outs.items()}
+        rec.raw_inputs = {k: np.asarray(v) for k, v in raw.items()}
+        return rec
+
+    # --- after the run --------------------------------------------------------------
+    def returned(self) -> list:
+        """What a jitted run returns in direct mode (the traced values)."""
+        return [(ins, outs, raw) for _, ins, outs, raw in self.values] if self.mode == DIRECT else []
+
+    def fill(self, trace: Trace, returned: list | None) -> None:
+        """Append the records of this run to ``trace`` in completion order, with configs."""
+        if self.mode == DIRECT:
+            vals = returned if returned is not None else self.returned()
+            recs = [self._record(e, self.statics[e][4], *v) for (e, *_), v in zip(self.values, vals)]
+        else:
+            recs = self.host
+        for order, rec in enumerate(recs):
+            rec.order = order
+            trace.records.append(rec)
+            trace.module_types.setdefault(rec.path, rec.module_type)
+        for path, _, _, cfg, _ in self.statics:
+            trace.config.setdefault(path, cfg)
+
+
+@contextlib.contextmanager
+def recording(rec: Recorder):
+    """Make ``rec`` the recorder that ``xfdiff.tap`` and patched NNX calls report to."""
+    prev = set_recorder(rec)
+    try:
+        yield rec
+    finally:
+        set_recorder(prev)
+
+
+def active() -> Recorder | None:
+    """The recorder of the capture running on this thread, if any."""
+    return _active()
+
+
+# Errors meaning "the model needs concrete values": run it eagerly instead of under jax.jit.
+CONCRETE_ERRORS: tuple[type[BaseException], ...] = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def run_once(body: Callable, tree: Any, substitute: Substitute | None, record_outputs: bool, jit: bool,
+             mode: str, setup: Callable[[Recorder], None] | None = None) -> tuple[Recorder, list]:
+    """Run ``body(tree, recorder)`` once (under ``jax.jit`` when ``jit``) and return what was recorded.
+
+    ``tree`` holds every array the forward needs (parameters, inputs); under
+    jit it is the jitted function's argument so nothing large becomes a constant.
+    """
+    svals = substitute_arrays(substitute)
+    made: list[Recorder] = []
+
+    def run(tree, svals):
+        rec = Recorder(substitute, svals, record_outputs, mode, eager=not jit)
+        if setup is not None:
+            setup(rec)
+        made.append(rec)
+        with recording(rec):
+            body(tree, rec)
+        return rec.returned()
+
+    returned = jax.jit(run)(tree, svals) if jit else run(tree, svals)
+    if mode != DIRECT:
+        jax.effects_barrier()  # wait until every host callback has run
+    return made[-1], returned
+
+
+def run_with_fallbacks(attempt: Callable[[bool, str], tuple], jit: bool, mode: str = DIRECT) -> tuple:
+    """Call ``attempt(jit, mode)``: direct first, host callbacks when values sit in inner transforms,
+    unordered callbacks where ordered ones are refused (``vmap``), eager when jit needs concrete values.
+
+    Returns:
+        ``attempt``'s result followed by the ``jit`` and ``mode`` that worked.
+    """
+    while True:
+        try:
+            return (*attempt(jit, mode), jit, mode)
+        except (Escaped, *ESCAPE_ERRORS):
+            if mode != DIRECT:
+                raise
+            mode = CALLBACK
+        except CONCRETE_ERRORS:
+            if not jit:
+                raise
+            jit = False
+        except Exception as e:
+            if mode == CALLBACK and "ordered" in str(e).lower():
+                mode = UNORDERED
+            else:
+                raise

@@ -1,0 +1,113 @@
+"""The interactive dashboard (Dash): ``xfdiff.serve(report)`` or ``xfdiff serve FILE``.
+
+Modules: :mod:`.ids` (component ids), :mod:`.figures` (pure report ->
+figures, shared with the HTML and notebook views), :mod:`.tables` (pure
+report -> rows and text), :mod:`.layout` (the page), :mod:`.callbacks`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import warnings
+import webbrowser
+from typing import Any
+
+from ..report import Report
+
+__all__ = ["create_app", "serve", "load_any"]
+
+_INDEX = """<!DOCTYPE html>
+<html>
+<head>
+{%%metas%%}
+<title>{%%title%%}</title>
+{%%favicon%%}
+{%%css%%}
+<style>%s</style>
+</head>
+<body>
+{%%app_entry%%}
+<footer>
+{%%config%%}
+{%%scripts%%}
+{%%renderer%%}
+</footer>
+</body>
+</html>"""
+
+
+def load_any(report_or_path: Report | str | os.PathLike) -> Report:
+    """A Report as given, or loaded from a saved ``.xfd`` path (ReportFileError if unreadable)."""
+    if isinstance(report_or_path, Report):
+        return report_or_path
+    if isinstance(report_or_path, (str, os.PathLike)):
+        from ..storage import load_report
+
+        return load_report(report_or_path)
+    from ..errors import ModelTypeError
+
+    raise ModelTypeError(
+        f"serve() needs an xfdiff.Report or the path of a saved .xfd file, got {type(report_or_path).__name__}."
+    )
+
+
+def create_app(report: Report | str | os.PathLike, title: str | None = None):
+    """Build the Dash app for a report (not started; use :func:`serve` or ``app.run``).
+
+    Args:
+        report: a :class:`~xfdiff.Report` or the path of a saved ``.xfd`` file.
+        title: the browser tab title.
+
+    Returns:
+        A ``dash.Dash`` application.
+    """
+    from dash import Dash
+
+    from .callbacks import register
+    from .layout import CSS, build_layout
+
+    report = load_any(report)
+    fd = report.first_divergence
+    app = Dash(__name__, title=title or f"xfdiff · {fd.label if fd else 'no divergence'}",
+               update_title=None, assets_ignore=".*")
+    app.index_string = _INDEX % CSS
+    selected = fd.order if fd is not None else (0 if report.layers else None)
+    app.layout = build_layout(report, selected)
+    register(app, report)
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
+          open_browser: bool = False, debug: bool = False, **run_kwargs: Any):
+    """Serve the dashboard until interrupted (Ctrl-C).
+
+    Args:
+        report_or_path: a :class:`~xfdiff.Report` or the path of a saved ``.xfd`` file.
+        host: interface to bind; the default keeps the dashboard on this machine.
+        port: TCP port.
+        open_browser: open the page in the default web browser once it is up.
+        debug: Dash debug mode (dev tools, reloader off).
+        **run_kwargs: passed to ``app.run`` (e.g. ``jupyter_mode="tab"`` in a notebook).
+
+    Returns:
+        Whatever ``app.run`` returns (nothing in a terminal; it blocks).
+    """
+    app = create_app(report_or_path)
+    if not _is_loopback(host):
+        warnings.warn(f"xfdiff: the dashboard binds {host}, so other machines can reach it. "
+                      "Use host='127.0.0.1' to keep it local.", stacklevel=2)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    return app.run(host=host, port=port, debug=debug, use_reloader=False, **run_kwargs)

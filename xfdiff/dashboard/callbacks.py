@@ -1,0 +1,107 @@
+"""Dashboard callbacks: thin wrappers around plain functions that tests call directly."""
+
+from __future__ import annotations
+
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, no_update
+
+from ..report import Report
+from . import figures as F
+from . import ids
+from . import tables as T
+from .layout import detail_parts
+
+DETAIL_OUTPUTS = (ids.DETAIL_TITLE, ids.FACTS, ids.DETAIL_FINDINGS, ids.WORST,
+                  ids.FIG_HIST, ids.FIG_HEATMAP, ids.FIG_PROFILE, ids.FIG_SCATTER)
+
+
+def selection_from(report: Report, trigger, cell, click, current):
+    """The layer ``order`` a user interaction points at (``current`` when it points nowhere).
+
+    Args:
+        report: the report.
+        trigger: id of the component that fired (a string, or a dict for finding links).
+        cell: the grid's ``cellClicked`` value.
+        click: the depth plot's ``clickData``.
+        current: the selection before the interaction.
+    """
+    order = None
+    if trigger == ids.GRID and cell:
+        order = cell.get("rowId")
+    elif trigger == ids.DEPTH and click and click.get("points"):
+        order = click["points"][0].get("customdata", click["points"][0].get("x"))
+    elif trigger == ids.GOTO_FIRST and report.first_divergence is not None:
+        order = report.first_divergence.order
+    elif isinstance(trigger, dict) and trigger.get("type") == ids.GOTO:
+        order = trigger.get("order")
+    lyr = T.layer_by_order(report, order)
+    return lyr.order if lyr is not None else current
+
+
+def detail_values(report: Report, order, which: str) -> list:
+    """The detail view's outputs, in :data:`DETAIL_OUTPUTS` order."""
+    parts = detail_parts(report, T.layer_by_order(report, order), which or "local")
+    return [parts[k] for k in DETAIL_OUTPUTS]
+
+
+def table_values(rows: list[dict], statuses, own_only, search) -> tuple[list[dict], str]:
+    """Rows to show and the count text for the current filters."""
+    shown = T.filter_rows(rows, statuses=list(statuses or []), search=search or "", own_only=bool(own_only))
+    return shown, f"{len(shown)} of {len(rows)} rows"
+
+
+def register(app: Dash, report: Report) -> None:
+    """Attach every callback of the dashboard for ``report`` to ``app``."""
+    rows = T.layer_rows(report)
+
+    @app.callback(
+        Output(ids.SELECTED, "data"),
+        Output(ids.GRID, "selectedRows"),
+        Output(ids.GRID, "scrollTo"),
+        Input(ids.GRID, "cellClicked"),
+        Input(ids.DEPTH, "clickData"),
+        Input(ids.GOTO_FIRST, "n_clicks"),
+        Input({"type": ids.GOTO, "order": ALL}, "n_clicks"),
+        State(ids.SELECTED, "data"),
+        prevent_initial_call=True,
+    )
+    def _select(cell, click, _first, _links, current):
+        if isinstance(ctx.triggered_id, dict) and not any(t.get("value") for t in ctx.triggered):
+            return no_update, no_update, no_update  # a finding link was (re)rendered, not clicked
+        order = selection_from(report, ctx.triggered_id, cell, click, current)
+        if order is None or (order == current and ctx.triggered_id == ids.GRID):
+            return no_update, no_update, no_update
+        scroll = no_update if ctx.triggered_id == ids.GRID else {"rowId": str(order), "rowPosition": "middle"}
+        return order, {"ids": [str(order)]}, scroll
+
+    @app.callback(*[Output(k, "children" if not k.startswith("xf-fig") else "figure") for k in DETAIL_OUTPUTS],
+                  Input(ids.SELECTED, "data"), Input(ids.VARIANT, "value"))
+    def _detail(order, which):
+        return detail_values(report, order, which)
+
+    @app.callback(Output(ids.DEPTH, "figure"), Input(ids.SELECTED, "data"), prevent_initial_call=True)
+    def _depth(order):
+        return F.depth_figure(report, order)
+
+    @app.callback(Output(ids.GRID, "rowData"), Output(ids.ROW_COUNT, "children"),
+                  Input(ids.STATUS_FILTER, "value"), Input(ids.OWN_ONLY, "value"), Input(ids.SEARCH, "value"),
+                  prevent_initial_call=True)
+    def _filter(statuses, own_only, search):
+        return table_values(rows, statuses, own_only, search)
+
+    @app.callback(Output(ids.DOWNLOAD, "data"), Input(ids.DOWNLOAD_XFD, "n_clicks"),
+                  Input(ids.DOWNLOAD_HTML, "n_clicks"), prevent_initial_call=True)
+    def _download(_xfd, _html):
+        return download_payload(report, ctx.triggered_id)
+
+
+def download_payload(report: Report, which: str):
+    """``dcc.Download`` data for the saved report (``.xfd``) or the HTML report."""
+    if which == ids.DOWNLOAD_XFD:
+        from ..storage import report_bytes
+
+        return dcc.send_bytes(report_bytes(report), "report.xfd")
+    if which == ids.DOWNLOAD_HTML:
+        from ..html_export import report_html
+
+        return dcc.send_string(report_html(report), "report.html")
+    return no_update

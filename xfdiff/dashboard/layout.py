@@ -1,0 +1,308 @@
+"""The dashboard page: verdict first, then findings, error vs depth, the module table and the detail.
+
+Every name from a model reaches the page as a component's text, never as
+markup, so Dash escapes it. Figures come from :mod:`.figures`, text from
+:mod:`.tables`.
+"""
+
+from __future__ import annotations
+
+import dash_ag_grid as dag
+from dash import dcc, html
+
+from ..report import Finding, LayerDiff, Report
+from . import figures as F
+from . import ids
+from . import tables as T
+
+GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+SMALL_GRAPH_CONFIG = {"displayModeBar": False}
+
+CSS = """
+body{margin:0;background:#f4f5f7;font-family:%(font)s;color:#1f2328;font-size:14px}
+.xf-page{max-width:1680px;margin:0 auto;padding:14px 22px 40px}
+.xf-header{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap;margin-bottom:10px}
+.xf-logo{font-weight:700;font-size:20px;letter-spacing:-.3px}
+.xf-logo span{color:#e8590c}
+.xf-sub{color:#57606a}
+.xf-spacer{flex:1}
+.xf-btn{border:1px solid #d0d7de;background:#fff;border-radius:6px;padding:5px 11px;cursor:pointer;font-size:13px}
+.xf-btn:hover{background:#f3f4f6}
+.xf-card{background:#fff;border:1px solid #e1e4e8;border-radius:10px;padding:14px 16px;margin-bottom:14px}
+.xf-verdict{display:flex;align-items:center;gap:18px;border-left:6px solid #2e7d32}
+.xf-verdict.diverged{border-left-color:#c62828;background:#fff7f7}
+.xf-verdict.outside{border-left-color:#ef6c00;background:#fffaf3}
+.xf-verdict.ok{background:#f5fbf6}
+.xf-headline{font-size:19px;font-weight:650}
+.xf-verdict-detail{color:#444;margin-top:4px}
+.xf-stats{display:flex;gap:10px;flex-wrap:wrap;margin-bottom:14px}
+.xf-stat{background:#fff;border:1px solid #e1e4e8;border-radius:10px;padding:8px 14px;min-width:120px}
+.xf-stat b{display:block;font-size:20px}
+.xf-stat span{color:#57606a;font-size:12px}
+.xf-h{font-size:15px;font-weight:650;margin:0 0 8px}
+.xf-finding{border:1px solid #f0c36d;background:#fffbeb;border-radius:8px;padding:10px 12px;margin-bottom:8px}
+.xf-finding .pid{font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:700;color:#9a3412}
+.xf-finding .where{font-family:ui-monospace,Menlo,Consolas,monospace;color:#444}
+.xf-finding .fix{margin-top:6px}
+.xf-finding .fix b{color:#2b8a3e}
+.xf-ev{font-size:12px;color:#444;margin-top:6px;border-collapse:collapse}
+.xf-ev td{padding:1px 10px 1px 0;font-family:ui-monospace,Menlo,Consolas,monospace}
+.xf-link{background:none;border:none;color:#1c7ed6;cursor:pointer;padding:0;font-size:13px;text-decoration:underline}
+.xf-cols{display:grid;grid-template-columns:minmax(0,1.1fr) minmax(0,1fr);gap:14px;align-items:start}
+.xf-sticky{position:sticky;top:8px}
+@media (max-width:1100px){.xf-cols{grid-template-columns:1fr}}
+.xf-filters{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin-bottom:8px}
+.xf-filters input[type=text]{padding:5px 8px;border:1px solid #d0d7de;border-radius:6px;min-width:220px}
+.xf-filters label{margin-right:8px;font-size:13px}
+.xf-muted{color:#57606a;font-size:12px}
+.xf-detail-head{display:flex;align-items:center;gap:10px;flex-wrap:wrap}
+.xf-detail-title{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:16px;font-weight:650;word-break:break-all}
+.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600;color:#fff}
+.st-ok{background:#2e7d32}.st-diverged{background:#c62828}.st-nonfinite{background:#6a1b9a}
+.st-shape_mismatch{background:#ef6c00}.st-unmatched{background:#757575}
+.xf-facts{border-collapse:collapse;width:100%%;margin:8px 0;font-size:13px}
+.xf-facts td{padding:3px 8px;border-bottom:1px solid #f0f1f3;vertical-align:top}
+.xf-facts td:first-child{color:#57606a;white-space:nowrap;width:1%%}
+.xf-facts td:last-child{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
+.xf-figs{display:grid;grid-template-columns:1fr 1fr;gap:6px}
+.xf-figs .wide{grid-column:1 / span 2}
+.xf-worst{border-collapse:collapse;font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace}
+.xf-worst th,.xf-worst td{padding:2px 10px;text-align:right;border-bottom:1px solid #f0f1f3}
+.xf-worst th{color:#57606a;font-weight:600}
+.xf-um{display:grid;grid-template-columns:1fr 1fr;gap:14px}
+.xf-um table{border-collapse:collapse;width:100%%;font-size:12px}
+.xf-um td,.xf-um th{padding:3px 8px;border-bottom:1px solid #f0f1f3;text-align:left;vertical-align:top}
+.xf-um td:first-child{font-family:ui-monospace,Menlo,Consolas,monospace}
+""" % {"font": F.FONT}
+
+
+def build_layout(report: Report, selected: int | None) -> html.Div:
+    """The whole page for ``report`` with layer ``selected`` (an ``order``) open in the detail view."""
+    return html.Div(className="xf-page", children=[
+        header(report),
+        verdict_banner(report),
+        stat_cards(report),
+        findings_panel(report),
+        html.Div(className="xf-card", children=dcc.Graph(
+            id=ids.DEPTH, figure=F.depth_figure(report, selected), config=GRAPH_CONFIG)),
+        html.Div(className="xf-cols", children=[table_section(report, selected), detail_section()]),
+        unmatched_section(report),
+        notes_section(report),
+        dcc.Store(id=ids.SELECTED, data=selected),
+        dcc.Download(id=ids.DOWNLOAD),
+    ])
+
+
+def header(report: Report) -> html.Div:
+    torch_model, flax_model = T.model_names(report)
+    ref = report.reference
+    fw = report.meta.get("flax_framework", "flax")
+    return html.Div(className="xf-header", children=[
+        html.Div(className="xf-logo", children=["xf", html.Span("diff")]),
+        html.Div(className="xf-sub", children=(
+            f"{torch_model} (PyTorch{', reference' if ref == 'torch' else ''}) vs "
+            f"{flax_model} (Flax {fw}{', reference' if ref == 'flax' else ''}) · {T.tolerance_text(report)}")),
+        html.Div(className="xf-spacer"),
+        html.Button("Download .xfd", id=ids.DOWNLOAD_XFD, className="xf-btn"),
+        html.Button("Download HTML report", id=ids.DOWNLOAD_HTML, className="xf-btn"),
+    ])
+
+
+def verdict_banner(report: Report) -> html.Div:
+    v = T.verdict(report)
+    hidden = {} if report.first_divergence is not None else {"display": "none"}
+    button = [html.Button("Show this layer", id=ids.GOTO_FIRST, className="xf-btn", style=hidden)]
+    return html.Div(id=ids.VERDICT, className=f"xf-card xf-verdict {v.level}", children=[
+        html.Div(style={"flex": "1"}, children=[
+            html.Div(v.headline, className="xf-headline"),
+            html.Div(v.detail, className="xf-verdict-detail"),
+            *([html.Div(className="xf-verdict-detail", children=[
+                "Likely cause: ", html.B(v.cause.pitfall), f" — {v.cause.message}",
+                *([html.Br(), html.B("Fix: ", style={"color": "#2b8a3e"}), v.cause.fix] if v.cause.fix else []),
+            ])] if v.cause is not None else []),
+        ]),
+        *button,
+    ])
+
+
+def stat_cards(report: Report) -> html.Div:
+    c = T.counts(report)
+    items = [
+        (c["aligned"], "aligned calls"),
+        (c["outside"], "outside tolerance (propagated)"),
+        (c["own_bad"], "add error on their own"),
+        (c["findings"], "findings"),
+        (f"{c['torch_only']} / {c['flax_only']}", "unmatched torch / flax"),
+    ]
+    return html.Div(className="xf-stats", children=[
+        html.Div(className="xf-stat", children=[html.B(str(n)), html.Span(label)]) for n, label in items
+    ])
+
+
+def finding_card(f: Finding, goto: int | None = None) -> html.Div:
+    """One finding: pitfall id, where, message, evidence and fix."""
+    head = [html.Span(f.pitfall, className="pid"), " at ", html.Span(T.finding_where(f), className="where")]
+    if f.confidence and f.confidence != "confirmed":
+        head.append(html.Span(f" ({f.confidence})", className="xf-muted"))
+    if goto is not None:
+        head += [" ", html.Button("show layer", id={"type": ids.GOTO, "order": goto}, className="xf-link")]
+    body = [html.Div(head), html.Div(f.message)]
+    ev = T.evidence_items(f)
+    if ev:
+        body.append(html.Table(className="xf-ev", children=[html.Tr([html.Td(k), html.Td(v)]) for k, v in ev]))
+    if f.fix:
+        body.append(html.Div(className="fix", children=[html.B("Fix: "), f.fix]))
+    return html.Div(className="xf-finding", children=body)
+
+
+def _order_of(report: Report, f: Finding) -> int | None:
+    for lyr in report.layers:
+        if T.findings_for(report, lyr) and f in T.findings_for(report, lyr):
+            return lyr.order
+    return None
+
+
+def findings_panel(report: Report) -> html.Div:
+    if not report.findings:
+        return html.Div(id=ids.FINDINGS)
+    return html.Div(id=ids.FINDINGS, className="xf-card", children=[
+        html.Div(f"Findings ({len(report.findings)})", className="xf-h"),
+        *[finding_card(f, _order_of(report, f)) for f in report.findings],
+    ])
+
+
+def _num_col(field: str, header: str, width: int = 100) -> dict:
+    return {
+        "field": field, "headerName": header, "width": width, "type": "rightAligned", "filter": "agNumberColumnFilter",
+        "valueFormatter": {"function": "params.value == null ? '—' : (params.value === 0 ? '0' : "
+                                       "Number(params.value).toExponential(2))"},
+    }
+
+
+def _status_style() -> dict:
+    conds = [{"condition": f"params.value == '{s}'", "style": {"color": c, "fontWeight": "600"}}
+             for s, c in F.STATUS_COLORS.items()]
+    return {"styleConditions": conds}
+
+
+COLUMN_DEFS = [
+    {"field": "order", "headerName": "#", "width": 58, "type": "rightAligned", "filter": "agNumberColumnFilter"},
+    {"field": "status", "headerName": "status", "width": 96, "cellStyle": _status_style()},
+    {"field": "own", "headerName": "own", "width": 84, "cellStyle": _status_style(),
+     "headerTooltip": "status of the layer's own (teacher-forced) error"},
+    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 170, "filter": "agTextColumnFilter",
+     "tooltipField": "layer"},
+    {"field": "torch_type", "headerName": "torch", "width": 104, "filter": "agTextColumnFilter"},
+    {"field": "flax_type", "headerName": "flax", "width": 104, "filter": "agTextColumnFilter"},
+    _num_col("max_abs", "max |err|", 96),
+    _num_col("local_max_abs", "own |err|", 96),
+    _num_col("rel_l2", "rel L2", 90),
+    {"field": "shape", "headerName": "shape", "width": 116},
+    {"field": "layout", "headerName": "layout", "width": 96, "hide": False},
+]
+
+
+def table_section(report: Report, selected: int | None) -> html.Div:
+    rows = T.layer_rows(report)
+    statuses = sorted({r["status"] for r in rows}, key=list(F.STATUS_COLORS).index)
+    grid = dag.AgGrid(
+        id=ids.GRID, rowData=rows, columnDefs=COLUMN_DEFS,
+        defaultColDef={"sortable": True, "resizable": True, "filter": True},
+        getRowId="params.data.rid",
+        dashGridOptions={"rowSelection": {"mode": "singleRow", "checkboxes": False, "enableClickSelection": True},
+                         "rowHeight": 30, "headerHeight": 34, "tooltipShowDelay": 400, "animateRows": False},
+        selectedRows={"ids": [str(selected)]} if selected is not None else [],
+        scrollTo={"rowId": str(selected), "rowPosition": "middle"} if selected is not None else None,
+        style={"height": "calc(100vh - 150px)", "minHeight": "420px", "width": "100%"},
+    )
+    return html.Div(className="xf-card xf-sticky", children=[
+        html.Div("Modules (aligned calls, execution order)", className="xf-h"),
+        html.Div(className="xf-filters", children=[
+            dcc.Input(id=ids.SEARCH, type="text", placeholder="search path or type…", debounce=False, value=""),
+            dcc.Checklist(id=ids.STATUS_FILTER, options=statuses, value=statuses, inline=True),
+            dcc.Checklist(id=ids.OWN_ONLY, options=[{"label": "own error only", "value": "own"}], value=[],
+                          inline=True),
+            html.Span(f"{len(rows)} rows", id=ids.ROW_COUNT, className="xf-muted"),
+        ]),
+        grid,
+        html.Div("Click a row, or a point in the plot above, to see the layer in detail.", className="xf-muted"),
+    ])
+
+
+def detail_section() -> html.Div:
+    graph = {"config": SMALL_GRAPH_CONFIG}
+    return html.Div(id=ids.DETAIL, className="xf-card", children=[
+        html.Div(className="xf-detail-head", children=[
+            html.Div(id=ids.DETAIL_TITLE, className="xf-detail-title"),
+            html.Div(className="xf-spacer"),
+            dcc.RadioItems(id=ids.VARIANT, value="local", inline=True, options=[
+                {"label": " own error (teacher-forced) ", "value": "local"},
+                {"label": " propagated error ", "value": "propagated"}]),
+        ]),
+        html.Table(id=ids.FACTS, className="xf-facts"),
+        html.Div(id=ids.DETAIL_FINDINGS),
+        html.Div(className="xf-figs", children=[
+            dcc.Graph(id=ids.FIG_HIST, **graph), dcc.Graph(id=ids.FIG_HEATMAP, **graph),
+            html.Div(className="wide", children=dcc.Graph(id=ids.FIG_SCATTER, **graph)),
+            html.Div(className="wide", children=dcc.Graph(id=ids.FIG_PROFILE, **graph)),
+        ]),
+        html.Div("Worst elements", className="xf-h"),
+        html.Div(id=ids.WORST),
+    ])
+
+
+def detail_parts(report: Report, lyr: LayerDiff | None, which: str) -> dict:
+    """Everything the detail view shows for ``lyr``, keyed by component id."""
+    if lyr is None:
+        empty = F.empty_figure("Select a layer in the table or the plot.")
+        return {ids.DETAIL_TITLE: "No layer selected", ids.FACTS: [], ids.DETAIL_FINDINGS: [], ids.WORST: [],
+                ids.FIG_HIST: empty, ids.FIG_HEATMAP: empty, ids.FIG_PROFILE: empty, ids.FIG_SCATTER: empty}
+    figs = F.detail_figures(lyr, which)
+    title = [html.Span(lyr.label), " ", html.Span(lyr.status, className=f"badge st-{lyr.status}")]
+    if lyr is report.first_divergence:
+        title += [" ", html.Span("first divergence", className="badge st-diverged")]
+    return {
+        ids.DETAIL_TITLE: title,
+        ids.FACTS: [html.Tr([html.Td(k), html.Td(v)]) for k, v in T.layer_facts(lyr)],
+        ids.DETAIL_FINDINGS: [finding_card(f) for f in T.findings_for(report, lyr)],
+        ids.WORST: worst_table(lyr, which),
+        ids.FIG_HIST: figs["hist"], ids.FIG_HEATMAP: figs["heatmap"],
+        ids.FIG_PROFILE: figs["profile"], ids.FIG_SCATTER: figs["scatter"],
+    }
+
+
+def worst_table(lyr: LayerDiff, which: str):
+    rows = T.worst_elements(lyr, which)
+    if not rows:
+        return html.Div("No element-level data recorded.", className="xf-muted")
+    head = html.Tr([html.Th(h) for h in ("index", "reference", "port", "port − ref")])
+    body = [html.Tr([html.Td(r["index"]), html.Td(f"{r['ref']:.7g}"), html.Td(f"{r['port']:.7g}"),
+                     html.Td(f"{r['diff']:+.2e}")]) for r in rows]
+    return html.Table(className="xf-worst", children=[head, *body])
+
+
+def _unmatched_table(rows: list[dict], side: str) -> html.Div:
+    title = f"Only in {side} ({len(rows)})"
+    if not rows:
+        return html.Div([html.Div(title, className="xf-h"), html.Div("none", className="xf-muted")])
+    head = html.Tr([html.Th(h) for h in ("module", "type", "params", "why unpaired")])
+    body = [html.Tr([html.Td(r["path"]), html.Td(r["type"]), html.Td(r["params"]), html.Td(r["reason"])])
+            for r in rows]
+    return html.Div([html.Div(title, className="xf-h"), html.Table([head, *body])])
+
+
+def unmatched_section(report: Report) -> html.Div:
+    return html.Div(id=ids.UNMATCHED, className="xf-card", children=[
+        html.Div(className="xf-um", children=[
+            _unmatched_table(T.unmatched_rows(report, "torch"), "PyTorch"),
+            _unmatched_table(T.unmatched_rows(report, "flax"), "Flax"),
+        ]),
+    ])
+
+
+def notes_section(report: Report) -> html.Div:
+    notes = [str(n) for n in report.meta.get("notes", [])]
+    if not notes:
+        return html.Div()
+    return html.Div(className="xf-card", children=[
+        html.Div("Notes", className="xf-h"), html.Ul([html.Li(n) for n in notes])])

@@ -1,0 +1,321 @@
+"""Where a detector looks: the culprit's own call, or its code between children.
+
+A *site* is one place whose own code made the port differ, with everything a
+hypothesis needs, already in PyTorch conventions (Linear ``(out, in)``, conv
+``OIHW``, channels-first activations) whichever side is the reference:
+
+- ``call``: a module without aligned children. ``x`` are the inputs the
+  reference call got (the port got the same under teacher forcing),
+  ``y_ref`` / ``y_port`` the two outputs.
+- ``segment``: code of a composite module between its children (an
+  activation applied as a function, a scale, a reshape, attention math).
+  ``sources`` are values available before that code (the module's inputs and
+  its earlier children's outputs, both sides), ``y_ref`` / ``y_port`` the
+  value where the two sides part: the input of the first child that received
+  a different value under teacher forcing, or the module's own output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..layout import Transform, best_transform
+from ..metrics import compare_arrays
+from ..report import Finding
+from ..trace import CallRecord, Trace
+from .numerics import f64, rel, tau_for
+
+
+@dataclass
+class Source:
+    """A value available to a segment's code, on both sides."""
+
+    name: str  # a child path, or "input:<key>"
+    ref: np.ndarray
+    port: np.ndarray
+    module_type: str = ""
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Site:
+    """One place to test hypotheses on (see the module docstring)."""
+
+    row: Any  # evidence.Row
+    kind: str  # "call" | "segment"
+    reference: str
+    y_ref: np.ndarray
+    y_port: np.ndarray
+    x: dict[str, np.ndarray] = field(default_factory=dict)
+    sources: list[Source] = field(default_factory=list)
+    ref_params: dict[str, np.ndarray] = field(default_factory=dict)
+    port_params: dict[str, np.ndarray] = field(default_factory=dict)
+    ref_cfg: dict[str, Any] = field(default_factory=dict)
+    port_cfg: dict[str, Any] = field(default_factory=dict)
+    ref_type: str = ""
+    port_type: str = ""
+    target: str = ""  # segments: the child whose input differs ("" = the module's output)
+    dtypes: tuple[str, str] = ("float32", "float32")  # (reference, port) output dtypes
+    meta: dict[str, Any] = field(default_factory=dict)  # trace meta of the port side
+
+    @property
+    def port(self) -> str:
+        return "flax" if self.reference == "torch" else "torch"
+
+    @property
+    def tau(self) -> float:
+        return tau_for(*self.dtypes)
+
+    @property
+    def e0(self) -> float:
+        return rel(self.y_port, self.y_ref)
+
+    def float_inputs(self) -> list[np.ndarray]:
+        return [v for v in self.x.values() if _is_float(v)]
+
+    def int_inputs(self) -> list[np.ndarray]:
+        return [v for v in self.x.values() if isinstance(v, np.ndarray) and v.dtype.kind in "iub"]
+
+    def main_input(self) -> np.ndarray | None:
+        """The float input with the output's leading shape (the layer's activation input)."""
+        fl = self.float_inputs()
+        for v in fl:
+            if v.shape[:-1] == self.y_ref.shape[:-1] or v.shape == self.y_ref.shape:
+                return v
+        return fl[0] if len(fl) == 1 else None
+
+    def confirmed(self, eh: float, control: float) -> bool:
+        """pitfalls.md §0: control reproduces the reference, and the hypothesis explains the error."""
+        t = self.tau
+        e0 = self.e0
+        return control <= 3 * t and e0 > 10 * t and eh <= max(0.1 * e0, 3 * t)
+
+    def finding(self, pitfall: str, message: str, evidence: dict[str, Any], fix: dict[str, str] | str,
+                confidence: str = "confirmed") -> Finding:
+        lyr = self.row.layer
+        fx = fix if isinstance(fix, str) else fix.get(self.port, "")
+        ev = {"site": self.kind, **({"where": self.target} if self.target else {})}
+        ev.update({k: _clean(v) for k, v in evidence.items()})
+        return Finding(pitfall=pitfall, torch_path=lyr.torch_path, flax_path=lyr.flax_path, message=message,
+                       evidence=ev, fix=fx, call_index=lyr.call_index, confidence=confidence)
+
+
+def _clean(v: Any) -> Any:
+    """Evidence values as plain JSON-ready Python numbers."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, float):
+        return float(f"{v:.6g}")
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _is_float(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and (a.dtype.kind == "f" or a.dtype.name == "bfloat16")
+
+
+# --- parameters in PyTorch conventions -------------------------------------------------------
+
+
+def torch_convention(params: dict[str, np.ndarray], side: str, module_type: str) -> dict[str, np.ndarray]:
+    """Parameters renamed and transposed to PyTorch's names and layouts.
+
+    Flax ``kernel`` (in, out) becomes ``weight`` (out, in); conv kernels
+    ``(kH, kW, I, O)`` become ``(O, I, kH, kW)``; ``scale`` and ``embedding``
+    become ``weight``; ``batch_stats.mean/var`` become ``running_mean/var``.
+    """
+    if side == "torch":
+        return dict(params)
+    out: dict[str, np.ndarray] = {}
+    is_conv = "conv" in module_type.lower()
+    for k, v in params.items():
+        if k == "kernel":
+            if v.ndim == 2 and not is_conv:
+                out["weight"] = v.T
+            elif v.ndim >= 3 and is_conv:
+                out["weight"] = np.moveaxis(v, (-1, -2), (0, 1))
+            else:
+                out["weight"] = v
+        elif k in ("scale", "embedding"):
+            out["weight"] = v
+        elif k == "batch_stats.mean":
+            out["running_mean"] = v
+        elif k == "batch_stats.var":
+            out["running_var"] = v
+        else:
+            out[k] = v
+    return out
+
+
+# --- building sites -----------------------------------------------------------------------
+
+
+class _Sides:
+    """Which record/trace/transform belongs to the reference and which to the port."""
+
+    def __init__(self, ev: Any):
+        self.ev = ev
+        self.ref_is_torch = ev.reference == "torch"
+        self.local: Trace | None = ev.flax_local_trace if self.ref_is_torch else ev.torch_local_trace
+        self.port_row = {}
+        for r in ev.rows:
+            self.port_row[self.port_rec(r).key] = r
+
+    def ref_rec(self, row) -> CallRecord:
+        return row.torch if self.ref_is_torch else row.flax
+
+    def port_rec(self, row) -> CallRecord:
+        return row.flax if self.ref_is_torch else row.torch
+
+    def to_torch(self, ref: np.ndarray, port: np.ndarray, t: Transform | None) -> tuple[np.ndarray, np.ndarray]:
+        """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout)."""
+        if t is None:
+            return ref, port
+        if self.ref_is_torch:
+            return ref, t.inverse(port)
+        return t.forward(ref), port
+
+
+def build_sites(ev: Any, row: Any) -> list[Site]:
+    """The site(s) of ``row`` whose own code differs between reference and port."""
+    sides = _Sides(ev)
+    kids = _port_children(sides, row)
+    if not kids:
+        site = _call_site(ev, sides, row)
+        return [site] if site is not None else []
+    site = _segment_site(ev, sides, row, kids)
+    return [site] if site is not None else []
+
+
+def _common(ev: Any, sides: _Sides, row: Any, kind: str, y_ref, y_port) -> Site:
+    lyr = row.layer
+    tp, fp = row.torch.path, row.flax.path
+    t_params = torch_convention(ev.params("torch", tp), "torch", row.torch.module_type)
+    f_params = torch_convention(ev.params("flax", fp), "flax", row.flax.module_type)
+    t_cfg, f_cfg = ev.config("torch", tp), ev.config("flax", fp)
+    ref_first = sides.ref_is_torch
+    port_trace = ev.flax_trace if ref_first else ev.torch_trace
+    return Site(
+        row=row, kind=kind, reference=ev.reference, y_ref=f64(y_ref), y_port=f64(y_port),
+        ref_params=t_params if ref_first else f_params, port_params=f_params if ref_first else t_params,
+        ref_cfg=t_cfg if ref_first else f_cfg, port_cfg=f_cfg if ref_first else t_cfg,
+        ref_type=row.torch.module_type if ref_first else row.flax.module_type,
+        port_type=row.flax.module_type if ref_first else row.torch.module_type,
+        dtypes=((lyr.torch_dtype, lyr.flax_dtype) if ref_first else (lyr.flax_dtype, lyr.torch_dtype)),
+        meta=dict(port_trace.meta),
+    )
+
+
+def _call_site(ev: Any, sides: _Sides, row: Any) -> Site | None:
+    if row.ref_key is None or row.transform is None:
+        return None
+    ref = sides.ref_rec(row)
+    port = row.port_local if row.port_local is not None else sides.port_rec(row)
+    if row.port_key not in port.outputs:
+        return None
+    y_ref, y_port = sides.to_torch(ref.outputs[row.ref_key], port.outputs[row.port_key], row.transform)
+    site = _common(ev, sides, row, "call", y_ref, y_port)
+    if sides.ref_is_torch:
+        site.x = dict(ref.inputs)
+    else:  # the torch port's forced inputs are the reference's values in torch layout
+        site.x = dict(port.inputs) if row.port_local is not None else {}
+        for k, v in sides.port_rec(row).inputs.items():
+            site.x.setdefault(k, v)
+    return site
+
+
+def _port_children(sides: _Sides, row: Any) -> list[CallRecord]:
+    """Nearest aligned descendant calls of the port call of ``row``, in completion order."""
+    trace = sides.local
+    prec = row.port_local
+    if trace is None or prec is None:
+        return []
+    path = prec.path
+    prefix = path + "." if path else ""
+    earlier = [r.order for r in trace.calls_of(path) if r.order < prec.order]
+    start = max(earlier) if earlier else -1
+    aligned = {k.split("#")[0] for k in sides.port_row}
+    kids = []
+    for r in trace.records:
+        if not (start < r.order < prec.order) or r.path == path or not r.path.startswith(prefix):
+            continue
+        if r.key not in sides.port_row:
+            continue
+        between = r.path[len(prefix):].split(".")[:-1]
+        mids = [prefix + ".".join(between[: i + 1]) for i in range(len(between))]
+        if not any(m in aligned for m in mids):
+            kids.append(r)
+    return kids
+
+
+def _gap(sides: _Sides, kid: CallRecord) -> tuple[str, str, float] | None:
+    """(port input key, reference input key, max_abs) when the port's own value fed to ``kid`` differs."""
+    row = sides.port_row[kid.key]
+    worst = None
+    for pk, rk in row.input_map.items():
+        raw = kid.raw_inputs.get(pk)
+        forced = kid.inputs.get(pk)
+        if raw is None or forced is None or raw.shape != forced.shape:
+            continue
+        fin = np.isfinite(f64(forced))
+        if not np.all(fin) or (forced.size and np.max(np.abs(f64(forced))) >= 1e4):
+            continue  # mask-like values: judged by the attention detectors
+        s = compare_arrays(forced, raw, row.layer.atol, row.layer.rtol)
+        if not s.passes() and (worst is None or s.max_abs > worst[2]):
+            worst = (pk, rk, s.max_abs)
+    return worst
+
+
+def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> Site | None:
+    ref_parent = sides.ref_rec(row)
+    sources: list[Source] = []
+    # Under teacher forcing the port got the reference's inputs; keep them in PyTorch layout.
+    given = ref_parent.inputs if sides.ref_is_torch else (row.port_local.inputs if row.port_local else {})
+    for k, v in given.items():
+        if isinstance(v, np.ndarray):
+            sources.append(Source(f"input:{k}", v, v))
+    for kid in kids:
+        krow = sides.port_row[kid.key]
+        gap = _gap(sides, kid)
+        if gap is not None:
+            pk, rk, _ = gap
+            ref_in = sides.ref_rec(krow).inputs[rk]
+            t, _err = best_transform(ref_in, kid.inputs[pk])
+            y_ref, y_port = sides.to_torch(ref_in, kid.raw_inputs[pk], t)
+            site = _common(ev, sides, row, "segment", y_ref, y_port)
+            site.sources, site.target = sources, krow.layer.label
+            return site
+        if krow.ref_key is not None and krow.port_key in kid.outputs and krow.transform is not None:
+            r, p = sides.to_torch(sides.ref_rec(krow).outputs[krow.ref_key], kid.outputs[krow.port_key],
+                                  krow.transform)
+            ctype = sides.ref_rec(krow).module_type
+            ref_side = "torch" if sides.ref_is_torch else "flax"
+            cparams = torch_convention(ev.params(ref_side, sides.ref_rec(krow).path), ref_side, ctype)
+            sources.append(Source(sides.ref_rec(krow).path, r, p, ctype, cparams))
+    if row.layer.local_status in (None, "ok") or row.ref_key is None or row.port_local is None:
+        return None
+    y_ref, y_port = sides.to_torch(ref_parent.outputs[row.ref_key], row.port_local.outputs[row.port_key],
+                                   row.transform)
+    site = _common(ev, sides, row, "segment", y_ref, y_port)
+    site.sources = sources
+    return site
+
+
+def same_shape_sources(site: Site) -> list[Source]:
+    """Float sources shaped like the site's output, latest first."""
+    out = [s for s in site.sources if _is_float(s.ref) and s.ref.shape == site.y_ref.shape]
+    return out[::-1]
+
+
+def as_f64(*arrays: np.ndarray) -> list[np.ndarray]:
+    return [f64(a) for a in arrays]
+
+
+def numbers(site: Site, eh: float, control: float) -> dict[str, float]:
+    """The standard evidence: error, error left under the hypothesis, explained share, control."""
+    e0 = site.e0
+    return {"e0": e0, "eh": eh, "explained": 1.0 - eh / e0 if e0 else 0.0, "control": control}
