@@ -80,6 +80,10 @@ class ParamPrint:
 
 
 def fingerprint(a: np.ndarray) -> ParamPrint:
+    from . import fastmetrics
+
+    if fastmetrics.usable(a, a):  # large float32/bf16 weights: one fused pass instead of five float64 copies
+        return ParamPrint(*fastmetrics.fingerprint_sums(a))
     x = np.asarray(a, dtype=np.float64).ravel()
     if x.size == 0:
         return ParamPrint(0, 0.0, 0.0, 0.0, 0.0)
@@ -104,6 +108,45 @@ def fingerprint_score(pa: list[ParamPrint], pb: list[ParamPrint]) -> float:
     if total + total_b == 0:
         return 0.0
     return 2 * matched / (total + total_b)
+
+
+def confirm_params(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], fp: float) -> tuple[float, str]:
+    """Check a fingerprint match on the values themselves.
+
+    Pairs each reference parameter with a port parameter of the same size
+    whose values it becomes under a legal transform (identity, transpose,
+    conv kernel layout, reshape, permutation; :func:`xfdiff.layout.param_transform`).
+    Constant arrays (a freshly initialised norm) identify nothing: a pair
+    confirmed only by them scores below the fingerprint threshold.
+
+    Returns:
+        ``(score, layout)``: ``fp`` scaled by the confirmed share of elements,
+        and the transform of the largest parameter (``"transpose"``, ``"OIHW->HWIO"``...).
+    """
+    from .layout import param_transform
+
+    used: set[str] = set()
+    found: dict[str, str] = {}
+    total = confirmed = 0.0
+    informative_hit = False
+    for va in pa.values():
+        informative = np.size(va) > 1 and fingerprint(va).informative
+        w = np.size(va) * (1.0 if informative else 0.1)
+        total += w
+        for nb, vb in pb.items():
+            if nb not in used and np.size(va) == np.size(vb):
+                t = param_transform(va, vb)
+                if t is not None:
+                    used.add(nb)
+                    found[nb] = t
+                    confirmed += w
+                    informative_hit = informative_hit or informative
+                    break
+    if not informative_hit:
+        return min(fp, 0.45), "identity"
+    # Name the transform of the largest parameter (the kernel); a bias only reshaped says little.
+    biggest = max(found, key=lambda n: np.size(pb[n]))
+    return fp * confirmed / total, found[biggest]
 
 
 # --- names -----------------------------------------------------------------------------
@@ -186,6 +229,7 @@ def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) 
         w = [t for t in tokens(p) if not t.isdigit()]
         by_last.setdefault(w[-1] if w else "", []).append(p)
     scored = []
+    layouts: dict[tuple[str, str], str] = {}
     for a in A:
         cands: set[str] = set()
         for q in fa[a]:
@@ -194,17 +238,23 @@ def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) 
         cands.update(by_last.get(w[-1] if w else "", []))
         for b in cands:
             fp = fingerprint_score(fa[a], fb[b])
+            if fp >= 0.5:  # statistics agree: confirm on the values under a legal parameter transform
+                fp, layouts[(a, b)] = confirm_params(ta.params[a], tb.params[b], fp)
             nm = name_similarity(a, b)
             order = 1.0 - abs(rank_a[a] - rank_b[b])
             if fp >= 0.5 or (nm >= 0.6 and _shape_sig(ta.params[a]) == _shape_sig(tb.params[b])):
                 scored.append((2 * fp + nm + 0.5 * order, fp, nm, a, b))
     scored.sort(key=lambda s: -s[0])
     used_b: set[str] = set()
-    for total, fp, nm, a, b in scored:
+    for _total, fp, nm, a, b in scored:
         if a in al.pairs or b in used_b:
             continue
         how = "fingerprint+name" if fp >= 0.5 and nm >= 0.6 else "fingerprint" if fp >= 0.5 else "name"
-        al.add(a, b, how, min(1.0, 0.5 * fp + 0.5 * nm + (0.25 if fp >= 0.99 else 0)))
+        if fp >= 0.5 and layouts.get((a, b), "identity") != "identity":
+            how += f" ({layouts[(a, b)]})"
+        # fp >= 0.99 after confirm_params: the values themselves agree, which names cannot add much to.
+        conf = 0.95 + 0.05 * nm if fp >= 0.99 else 0.5 * fp + 0.5 * nm
+        al.add(a, b, how, min(1.0, conf))
         used_b.add(b)
     _pair_by_order(ta, tb, A, B, al)
     _pair_tied(ta, tb, A, fa, fb, al)

@@ -100,7 +100,7 @@ def _torch_model(seed: int):
     return model.eval()
 
 
-def _flax_module():
+def _flax_module(bug: bool = True):
     import jax.numpy as jnp
     from flax import linen as nn
 
@@ -150,7 +150,7 @@ def _flax_module():
             x = nn.Embed(VOCAB, HIDDEN, name="tok")(ids) + nn.Embed(SEQ, HIDDEN, name="pos")(jnp.arange(ids.shape[1]))
             for i in range(BLOCKS):
                 # The planted bug: this block's MLP uses flax's default (tanh) GELU.
-                x = Block(tanh_gelu=(i == BUGGY_BLOCK), name=f"blocks_{i}")(x)
+                x = Block(tanh_gelu=bug and i == BUGGY_BLOCK, name=f"blocks_{i}")(x)
             return nn.Dense(VOCAB, name="head")(layer_norm("ln_f")(x))
 
     return TinyEncoder()
@@ -175,11 +175,12 @@ def _port_params(state: dict[str, np.ndarray]) -> dict[str, Any]:
     return params
 
 
-def build_demo(seed: int = 0):
+def build_demo(seed: int = 0, bug: bool = True):
     """Build the demo reference, its Flax port and an input batch.
 
     Args:
         seed: seeds the reference's random weights and the token ids.
+        bug: plant the tanh-GELU bug in block 2 (``False`` gives a correct port).
 
     Returns:
         ``(pt_model, (flax_module, variables), ids)`` where ``ids`` is an int64
@@ -191,7 +192,7 @@ def build_demo(seed: int = 0):
     state = {k: v.detach().numpy().copy() for k, v in pt_model.state_dict().items()}
     variables = {"params": _jax_tree(_port_params(state), jnp)}
     ids = np.random.default_rng(seed).integers(0, VOCAB, size=(BATCH, SEQ), dtype=np.int64)
-    return pt_model, (_flax_module(), variables), ids
+    return pt_model, (_flax_module(bug), variables), ids
 
 
 def _jax_tree(tree: dict, jnp) -> dict:
@@ -213,7 +214,72 @@ def demo_report(seed: int = 0, **compare_kwargs: Any):
     pt_model, port, ids = build_demo(seed)
     compare_kwargs.setdefault("progress", False)
     report = compare(pt_model, port, ids, **compare_kwargs)
-    report.meta.setdefault("notes", []).append(
-        f"demo: the port's block {BUGGY_BLOCK} MLP uses tanh-approximate GELU (planted bug)"
-    )
+    report.meta.setdefault("notes", []).append("xfdiff demo: a hand-written Flax port with one planted bug")
     return report
+
+
+_BLOCK_CALLS = (
+    ("ln1", "LayerNorm", "LayerNorm"), ("attn.q", "Linear", "Dense"), ("attn.k", "Linear", "Dense"),
+    ("attn.v", "Linear", "Dense"), ("attn.o", "Linear", "Dense"), ("attn", "Attention", "Attention"),
+    ("ln2", "LayerNorm", "LayerNorm"), ("mlp.fc1", "Linear", "Dense"), ("mlp.act", "GELU", "GELU"),
+    ("mlp.fc2", "Linear", "Dense"), ("mlp", "Mlp", "Mlp"), ("", "Block", "Block"),
+)
+
+
+def large_report(n_calls: int = 1000, seed: int = 0, positions: int = 64, channels: int = 256):
+    """A synthetic report with ``n_calls`` aligned calls, shaped like a deep transformer comparison.
+
+    Every row has real detail arrays (:func:`xfdiff.metrics.error_detail` of
+    random activations), float32-level noise everywhere and a planted own
+    error in the MLP activation of the middle block, so views and benchmarks
+    can be exercised at scale without running a large model.
+
+    Args:
+        n_calls: number of aligned calls (rows).
+        seed: random seed.
+        positions: output positions per call (leading axes flattened).
+        channels: output channels per call (last axis).
+
+    Returns:
+        A :class:`~xfdiff.Report`.
+    """
+    from .metrics import error_detail
+    from .report import LayerDiff, Report
+
+    rng = np.random.default_rng(seed)
+    n_blocks = max(1, n_calls // len(_BLOCK_CALLS))
+    bug = (n_blocks // 2, "mlp.act")
+    layers, inherited = [], 3e-8
+    for i in range(n_calls):
+        blk, (name, tt, ft) = divmod(i, len(_BLOCK_CALLS))[0], _BLOCK_CALLS[i % len(_BLOCK_CALLS)]
+        own = 2.3e-4 if (blk, name) == bug else float(rng.choice([0.0, 6e-8, 1.2e-7]))
+        inherited = max(inherited, own) * float(rng.uniform(0.9, 1.1))
+        path = f"blocks.{blk}" + (f".{name}" if name else "")
+        layers.append(_synthetic_layer(LayerDiff, error_detail, rng, i, path, tt, ft, own, inherited,
+                                       (1, positions, channels)))
+    return Report(layers=layers, meta={"tolerance": {"atol": None, "rtol": None}, "reference": "torch",
+                                       "torch_model": "SyntheticTransformer", "flax_model": "SyntheticTransformer",
+                                       "flax_framework": "linen", "local": True, "notes": ["synthetic report"]})
+
+
+def _synthetic_layer(LayerDiff, error_detail, rng, order, path, tt, ft, own, inherited, shape):
+    ref = rng.standard_normal(shape).astype(np.float32)
+    port = ref + (rng.standard_normal(shape) * inherited / 3).astype(np.float32)
+    local = ref + (rng.standard_normal(shape) * own / 3).astype(np.float32) if own else ref.copy()
+    d = np.abs(port.astype(np.float64) - ref)
+    dl = np.abs(local.astype(np.float64) - ref)
+    tol = 1e-5 + 1e-5 * np.abs(ref)
+    lyr = LayerDiff(
+        torch_path=path, flax_path=path, order=order, depth=path.count(".") + 1, torch_type=tt, flax_type=ft,
+        max_abs=float(d.max()), mean_abs=float(d.mean()), rel_l2=float(np.sqrt((d * d).sum() / (ref.astype(np.float64) ** 2).sum())),
+        cosine=1.0, local_max_abs=float(dl.max()), local_mean_abs=float(dl.mean()),
+        status="ok" if (d <= tol).all() else "diverged", local_status="ok" if (dl <= tol).all() else "diverged",
+        atol=1e-5, rtol=1e-5, tol_needed=float(max((d - 1e-5 * np.abs(ref)).max(), 0)),
+        frac_outside=float((d > tol).mean()), torch_shape=shape, flax_shape=shape,
+        torch_dtype="float32", flax_dtype="float32", output_key="out", match="fingerprint", confidence=1.0,
+    )
+    lyr.local_tol_needed = float(max((dl - 1e-5 * np.abs(ref)).max(), 0))
+    lyr.blame_order = float(order) if lyr.local_status != "ok" else None
+    lyr.detail = error_detail(ref, port, seed=order)
+    lyr.local_detail = error_detail(ref, local, seed=order)
+    return lyr

@@ -11,7 +11,7 @@ import numpy as np
 from .align import Alignment, align
 from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
 from .evidence import Evidence, Row
-from .layout import Transform, best_transform, candidates
+from .layout import Transform, best_transform, candidates, input_layout
 from .metrics import Tolerance, as_tolerance, compare_arrays, error_detail, lower_precision
 from .report import LayerDiff, Report
 from .trace import CallRecord, Trace, call_key
@@ -85,6 +85,7 @@ def compare(
     diagnose: bool = True,
     jit: bool = True,
     progress: bool | None = None,
+    memory: str = "full",
 ) -> Report:
     """Compare a PyTorch model and its Flax port layer by layer.
 
@@ -92,7 +93,8 @@ def compare(
         pt_model: a ``torch.nn.Module``.
         flax_model: a Hugging Face ``FlaxPreTrainedModel``, a ``(linen_module,
             variables)`` tuple, an ``nnx.Module``, or a JAX function whose
-            intermediate values are marked with :func:`xfdiff.tap`.
+            intermediate values are marked with :func:`xfdiff.tap` (alone, or
+            as ``(fn, params)``: called ``fn(params, *inputs)``, see docs/reach.md).
         inputs: a dict (keyword arguments), a tuple (positional) or one
             array; numpy, torch or jax arrays.
         flax_inputs: inputs for the Flax side when the two take different
@@ -107,6 +109,10 @@ def compare(
         jit: run the Flax side under ``jax.jit`` (falls back to eager when the
             model needs concrete values).
         progress: show progress on stderr (default: when it is a terminal).
+        memory: ``"full"`` holds both sides' activations in memory;
+            ``"bounded"`` spills the reference's activations to a temporary
+            directory and compares the port's as they arrive, for models
+            whose activations do not fit twice (see :mod:`xfdiff.streaming`).
 
     Returns:
         A :class:`Report`.
@@ -117,6 +123,14 @@ def compare(
     """
     if reference not in ("torch", "flax"):
         raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
+    if memory not in ("full", "bounded"):
+        raise ConfigError(f"memory must be 'full' or 'bounded', got {memory!r}.")
+    if memory == "bounded":
+        from .streaming import compare_bounded
+
+        return compare_bounded(pt_model, flax_model, inputs, flax_inputs=flax_inputs, reference=reference,
+                               tolerance=tolerance, mapping=mapping, local=local, diagnose=diagnose,
+                               progress=progress)
     tol = as_tolerance(tolerance)
     from .progress import Progress
 
@@ -129,18 +143,7 @@ def compare(
     prog.step("capturing Flax")
     tf = flax_side.capture()
     prog.step("aligning")
-    explicit = None
-    if mapping is not None:
-        from .mapping import resolve_mapping
-
-        explicit = resolve_mapping(mapping, tt, tf)
-    al = align(tt, tf, explicit=explicit)
-    if len([a for a in al.pairs if a != ""]) == 0 and len(tt.paths()) > 1 and len(tf.paths()) > 1:
-        raise AlignmentError(
-            f"No module of {torch_side.describe()} could be paired with one of {flax_side.describe()}: "
-            "their parameters, names and structure share nothing. Check that the port loaded the "
-            "reference weights, or pass mapping={torch_path: flax_path}."
-        )
+    al = _align(tt, tf, mapping, torch_side, flax_side)
     prog.step("comparing")
     ev = Evidence(tt, tf, al, [], tol, reference, torch_model=pt_model, flax_model=flax_model)
     ev.rows = _rows(tt, tf, al, tol, reference)
@@ -163,6 +166,23 @@ def compare(
         report.findings += _diagnose(ev, report)
     prog.done()
     return report
+
+
+def _align(tt: Trace, tf: Trace, mapping: Any, torch_side: Any, flax_side: Any) -> Alignment:
+    """Pair the two traces (an explicit mapping first); AlignmentError when nothing pairs."""
+    explicit = None
+    if mapping is not None:
+        from .mapping import resolve_mapping
+
+        explicit = resolve_mapping(mapping, tt, tf)
+    al = align(tt, tf, explicit=explicit)
+    if len([a for a in al.pairs if a != ""]) == 0 and len(tt.paths()) > 1 and len(tf.paths()) > 1:
+        raise AlignmentError(
+            f"No module of {torch_side.describe()} could be paired with one of {flax_side.describe()}: "
+            "their parameters, names and structure share nothing. Check that the port loaded the "
+            "reference weights, or pass mapping={torch_path: flax_path}."
+        )
+    return al
 
 
 def _environment(pt_model, flax_model):
@@ -212,8 +232,11 @@ def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, lo
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray]) -> list[tuple[str, str, Transform]]:
-    """Pair float output leaves: same key first, then in order among layout-compatible leaves."""
+def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=None) -> list[tuple[str, str, Transform]]:
+    """Pair float output leaves: same key first, then in order among layout-compatible leaves.
+
+    ``hint()`` names the layout the call's inputs arrived in; it settles ties (C == H == W).
+    """
     pairs = []
     used: set[str] = set()
     for rk, rv in ref.items():
@@ -227,7 +250,9 @@ def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray]) -> li
                     break
         if choice is None:
             continue
-        t, _ = best_transform(rv, port[choice])
+        cands = candidates(rv.shape, port[choice].shape)
+        # Scoring transforms costs passes over both arrays; only needed when there is a choice.
+        t = cands[0] if len(cands) == 1 else best_transform(rv, port[choice], hint() if hint else None)[0]
         if t is None:
             continue
         used.add(choice)
@@ -236,23 +261,35 @@ def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray]) -> li
 
 
 def _status(stats) -> str:
-    if stats.nonfinite_mismatch:
+    if stats.nonfinite_mismatch or stats.n_nonfinite:
+        # NaN/Inf on the port is flagged even where the reference has it too: the values
+        # cannot be compared there, and the first such row is where the non-finite values start.
         return "nonfinite"
     return "ok" if stats.frac_outside == 0 else "diverged"
 
 
+def _stats(r, p, atol: float, rtol: float, detail: bool = False):
+    """``(Stats, error_detail or None)``: one fused JAX pass for large float arrays, numpy otherwise."""
+    from . import fastmetrics
+
+    if fastmetrics.usable(r, p):
+        return fastmetrics.compare_fast(r, p, atol, rtol, detail=detail)
+    return compare_arrays(r, p, atol, rtol), (error_detail(r, p) if detail else None)
+
+
 def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
-    """Worst matched output leaf: (stats, ref_key, port_key, transform, atol, rtol) or None."""
+    """Worst matched output leaf: (stats, ref_key, port_key, transform, atol, rtol, detail) or None."""
     ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
     best = None
-    for rk, pk, t in _pair_outputs(ref_out, port_out):
+    pairs = _pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
+    for rk, pk, t in pairs:
         r = t.forward(ref_out[rk])
         p = port_out[pk]
         atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
-        s = compare_arrays(r, p, atol, rtol)
+        s, det = _stats(r, p, atol, rtol, detail=len(pairs) == 1)
         key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
         if best is None or key > best[0]:
-            best = (key, s, rk, pk, t, atol, rtol)
+            best = (key, s, rk, pk, t, atol, rtol, det)
     return None if best is None else best[1:]
 
 
@@ -315,14 +352,16 @@ def _make_row(rt: CallRecord, rf: CallRecord, al: Alignment, tol: Tolerance, ref
             "fit no legal layout transform (NCHW/NHWC, head split/merge, broadcast, transpose)"
         )
         return Row(lyr, rt, rf, None, None, None)
-    s, rk, pk, t, atol, rtol = m
+    s, rk, pk, t, atol, rtol, det = m
     _fill(lyr, s, atol, rtol)
     lyr.output_key = rk
     lyr.layout = t.name
     tk, fk = (rk, pk) if reference == "torch" else (pk, rk)
     lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
     lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
-    lyr.detail = error_detail(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk])
+    if det is None:
+        det = _stats(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk], atol, rtol, detail=True)[1]
+    lyr.detail = det
     return Row(lyr, rt, rf, rk, pk, t)
 
 
@@ -353,9 +392,13 @@ def _input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str
     used: set[str] = set()
     for pk, pv in port_in.items():
         options = []
-        for rk, rv in ref_in.items():
-            if rk in used or not candidates(rv.shape, pv.shape):
-                continue
+        fits = [(rk, rv) for rk, rv in ref_in.items() if rk not in used and candidates(rv.shape, pv.shape)]
+        if len(fits) == 1 and len(candidates(fits[0][1].shape, pv.shape)) == 1:
+            # One reference leaf and one legal transform: nothing to rank, skip the scoring passes.
+            used.add(fits[0][0])
+            out[pk] = (fits[0][0], candidates(fits[0][1].shape, pv.shape)[0])
+            continue
+        for rk, rv in fits:
             t, err = best_transform(rv, pv)
             if t is None:
                 continue
@@ -405,22 +448,28 @@ def _localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
         if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
             lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
             continue
-        row.port_local = lrec
-        missing = [k for k in port_rec.float_inputs() if k not in m]
-        r = row.transform.forward(ref_rec.outputs[row.ref_key])
-        p = lrec.outputs[row.port_key]
-        s = compare_arrays(r, p, lyr.atol, lyr.rtol)
-        lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
-        lyr.local_tol_needed = s.tol_needed
-        lyr.local_status = _status(s)
-        if lyr.local_status != "ok" or lyr.status != "ok":
-            lyr.local_detail = error_detail(r, p)
-        if missing:
-            lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
+        _local_error(row, m, ref_rec, port_rec, lrec)
         gaps.append((row, m, ref_rec, lrec))
     for row, m, ref_rec, lrec in gaps:  # after every row has its own local error
         _input_gap(row, m, ref_rec, lrec, local_trace, port_row)
     _assign_blame(ev.rows)
+
+
+def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: CallRecord) -> None:
+    """Fill a row's local (teacher-forced) error from ``lrec``, the port call fed the reference's inputs."""
+    lyr = row.layer
+    row.port_local = lrec
+    missing = [k for k in port_rec.float_inputs() if k not in m]
+    r = row.transform.forward(ref_rec.outputs[row.ref_key])
+    p = lrec.outputs[row.port_key]
+    s, _ = _stats(r, p, lyr.atol, lyr.rtol)
+    lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
+    lyr.local_tol_needed = s.tol_needed
+    lyr.local_status = _status(s)
+    if lyr.local_status != "ok" or lyr.status != "ok":
+        lyr.local_detail = _stats(r, p, lyr.atol, lyr.rtol, detail=True)[1]
+    if missing:
+        lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
 
 
 def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
@@ -429,18 +478,27 @@ def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: 
     Every earlier aligned call was forced, so what is left is what the
     enclosing module's own code (between its children) did: blame the parent.
     """
+    worst = _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
+    if worst is not None:
+        _blame_gap(row, *worst, lrec, local_trace, port_row)
+
+
+def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
+    """``(stats, leaf)`` of the worst forced input leaf before replacement, or None."""
     worst = None
     for pk, (rk, t) in m.items():
         raw = lrec.raw_inputs.get(pk)
         ref = ref_rec.inputs[rk]
-        if raw is None or not np.all(np.isfinite(ref)) or (ref.size and np.max(np.abs(ref)) >= 1e4):
+        if raw is None or _fill_like(ref):
             continue  # masks and fill values are compared by the pitfall detectors, not here
-        s = compare_arrays(t.forward(ref), raw, row.layer.atol, row.layer.rtol)
+        s, _ = _stats(t.forward(ref), raw, atol, rtol)
         if worst is None or s.max_abs > worst[0].max_abs:
             worst = (s, pk)
-    if worst is None:
-        return
-    s, pk = worst
+    return worst
+
+
+def _blame_gap(row: Row, s, pk: str, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
+    """Record a call's input gap ``s`` (at leaf ``pk``) and blame the enclosing call for it."""
     row.layer.input_max_abs = s.max_abs
     if s.passes():
         return
@@ -479,6 +537,14 @@ def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bo
             if port_row[r.key].layer.local_status not in (None, "ok"):
                 return True
     return False
+
+
+def _fill_like(ref: np.ndarray) -> bool:
+    """Non-finite or huge values (an attention mask, a fill value); no temporary arrays."""
+    if not ref.size:
+        return False
+    hi, lo = float(np.max(ref)), float(np.min(ref))
+    return not (np.isfinite(hi) and np.isfinite(lo)) or max(hi, -lo) >= 1e4
 
 
 def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None:

@@ -38,6 +38,10 @@ class ReportFileError(XfdiffError, ValueError):
     """A saved report is missing, truncated, corrupted or from a newer xfdiff."""
 
 
+class LayerNotFound(XfdiffError, KeyError):
+    """A report has no row with the requested path."""
+
+
 class ConfigError(XfdiffError, ValueError):
     """An option passed to xfdiff is out of range."""
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import HIST_BINS, HEATMAP_MAX, PROFILE_MAX, SCATTER_MAX, WORST_K, Stats
+from .metrics import HEATMAP_MAX, HIST_BINS, PROFILE_MAX, SCATTER_MAX, WORST_K, Stats
 
 #: Arrays smaller than this go through the numpy path (jit dispatch costs more).
 MIN_FAST = 1 << 15

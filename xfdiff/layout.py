@@ -1,11 +1,28 @@
-"""Legal transforms between activation layouts of the two frameworks.
+"""Legal transforms between the layouts of the two frameworks.
 
-Before two arrays are compared, xfdiff tries the transforms a correct port may
-legitimately apply (NCHW <-> NHWC, head split/merge, broadcast of a batch of
-one, transposed trailing axes) and records which one made them line up: that
-is itself evidence about the port.
+Before two activations are compared, xfdiff tries the transforms a correct
+port may legitimately apply and records which one made them line up: that is
+itself evidence about the port. A transform maps the *reference* array into
+the *port's* layout. The activation transforms:
 
-A transform maps the *reference* array into the *port's* layout.
+============================  =============================================
+``identity``                   same layout
+``NCHW->NHWC`` / back          channels moved last (4-D; ``NCDHW`` for 5-D)
+``transpose_last2``            the two trailing axes swapped (3-D channels too)
+``split_heads`` / ``merge_heads``   ``(B, T, H*D)`` <-> ``(B, T, H, D)``
+``BHTD->BT(HD)`` / back        heads kept first on one side, merged on the other
+``BHTD<->BTHD``                heads axis before or after the time axis
+``merge_leading`` / ``split_leading``  ``(B, T, H)`` <-> ``(B*T, H)``
+``squeeze``                    only axes of size 1 differ
+``broadcast`` / ``unbroadcast``   ``(1, S, H)`` <-> ``(B, S, H)``
+``flatten(NCHW->NHWC)`` / back  a flattened feature map in the other order
+============================  =============================================
+
+When shapes agree (``C == H == W``, square attention, ...) several transforms
+fit; the values decide (:func:`best_transform`). Parameters have their own
+legal changes (``(out, in)`` vs ``(in, out)``, ``OIHW`` vs ``HWIO``, heads
+split in the kernel): :func:`param_transform` names the one that maps a
+reference parameter onto the port's.
 """
 
 from __future__ import annotations
@@ -20,56 +37,131 @@ from .trace import to_float64
 
 @dataclass(frozen=True)
 class Transform:
+    """A named layout change: ``forward`` reference -> port, ``inverse`` port -> reference.
+
+    ``valid(ref)`` says whether the change loses nothing for this reference
+    array (``unbroadcast`` drops copies that must be equal).
+    """
+
     name: str
-    forward: Callable[[np.ndarray], np.ndarray]  # reference layout -> port layout
-    inverse: Callable[[np.ndarray], np.ndarray]  # port layout -> reference layout
+    forward: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray]
+    valid: Callable[[np.ndarray], bool] | None = None
 
 
 IDENTITY = Transform("identity", lambda a: a, lambda a: a)
 
 
-def _moveaxis(src: int, dst: int) -> Transform:
-    name = "NCHW->NHWC" if (src, dst) == (1, -1) else "NHWC->NCHW"
-    return Transform(name, lambda a: np.moveaxis(a, src, dst), lambda a: np.moveaxis(a, dst, src))
+def _reshape(name: str, rs: tuple, ps: tuple) -> Transform:
+    return Transform(name, lambda a: a.reshape(ps), lambda a: a.reshape(rs))
+
+
+def _channels(rs: tuple, ps: tuple) -> list[Transform]:
+    first, last = {4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}[len(rs)]
+    out = []
+    if rs[:1] + rs[2:] + rs[1:2] == ps:
+        out.append(Transform(f"{first}->{last}", lambda a: np.moveaxis(a, 1, -1), lambda a: np.moveaxis(a, -1, 1)))
+    if rs[:1] + rs[-1:] + rs[1:-1] == ps:
+        out.append(Transform(f"{last}->{first}", lambda a: np.moveaxis(a, -1, 1), lambda a: np.moveaxis(a, 1, -1)))
+    return out
+
+
+def _axis_moves(rs: tuple, ps: tuple) -> list[Transform]:
+    nd, out = len(rs), []
+    if len(ps) != nd:
+        return out
+    if nd in (4, 5):
+        out += _channels(rs, ps)
+    if nd >= 2 and rs[:-2] + rs[-2:][::-1] == ps and (rs != ps or rs[-1] == rs[-2]):
+        out.append(Transform("transpose_last2", lambda a: np.swapaxes(a, -1, -2), lambda a: np.swapaxes(a, -1, -2)))
+    if nd == 4 and (rs[0], rs[2], rs[1], rs[3]) == ps and (rs != ps or rs[1] == rs[2]):
+        out.append(Transform("BHTD<->BTHD", lambda a: np.swapaxes(a, 1, 2), lambda a: np.swapaxes(a, 1, 2)))
+    return out
+
+
+def _reshapes(rs: tuple, ps: tuple) -> list[Transform]:
+    out: list[Transform] = []
+    if rs == ps or int(np.prod(rs)) != int(np.prod(ps)):
+        return out
+    if tuple(d for d in rs if d != 1) == tuple(d for d in ps if d != 1):
+        out.append(_reshape("squeeze", rs, ps))
+    elif len(rs) == len(ps) + 1 and rs[: len(ps) - 1] == ps[:-1]:
+        out.append(_reshape("merge_heads", rs, ps))
+    elif len(ps) == len(rs) + 1 and ps[: len(rs) - 1] == rs[:-1]:
+        out.append(_reshape("split_heads", rs, ps))
+    elif rs[-1:] == ps[-1:] and len(rs) > len(ps):
+        out.append(_reshape("merge_leading", rs, ps))
+    elif rs[-1:] == ps[-1:] and len(ps) > len(rs):
+        out.append(_reshape("split_leading", rs, ps))
+    if len(rs) == 4 and len(ps) == 3 and rs[0] == ps[0] and rs[2] == ps[1] and rs[1] * rs[3] == ps[2]:
+        out.append(Transform(
+            "BHTD->BT(HD)",
+            lambda a: np.swapaxes(a, 1, 2).reshape(ps),
+            lambda a: np.swapaxes(a.reshape(rs[0], rs[2], rs[1], rs[3]), 1, 2),
+        ))
+    if len(rs) == 3 and len(ps) == 4 and rs[0] == ps[0] and rs[1] == ps[2] and ps[1] * ps[3] == rs[2]:
+        out.append(Transform(
+            "BT(HD)->BHTD",
+            lambda a: np.swapaxes(a.reshape(ps[0], ps[2], ps[1], ps[3]), 1, 2),
+            lambda a: np.swapaxes(a, 1, 2).reshape(rs),
+        ))
+    return out
+
+
+def _broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
+    if len(rs) != len(ps) or rs == ps:
+        return []
+    if all(r == p or r == 1 for r, p in zip(rs, ps, strict=True)):
+        return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[tuple(slice(0, n) for n in rs)])]
+    if all(r == p or p == 1 for r, p in zip(rs, ps, strict=True)):
+        first = tuple(slice(0, 1) if p == 1 and r != 1 else slice(None) for r, p in zip(rs, ps, strict=True))
+        return [Transform(
+            "unbroadcast",
+            lambda a: a[first],
+            lambda a: np.broadcast_to(a, rs),
+            valid=lambda a: bool(np.array_equal(np.broadcast_to(a[first], a.shape), a, equal_nan=True)),
+        )]
+    return []
+
+
+def _flatten_orders(rs: tuple, ps: tuple) -> list[Transform]:
+    """A feature map flattened before a dense layer: ``C*H*W`` in one order, ``H*W*C`` in the other.
+
+    Both orders are a transpose of a ``(C, H*W)`` block; different ``C, H``
+    can give the same permutation, which is kept once (largest ``H`` names it).
+    """
+    if len(rs) != 2 or rs != ps:
+        return []
+    n, k = rs
+    out, seen = [], set()
+    for h in range(int(np.sqrt(k)), 1, -1):
+        c = k // (h * h)
+        if c < 2 or c * h * h != k:
+            continue
+        for name, blocks in ((f"flatten(NCHW->NHWC)[C={c},H=W={h}]", (c, h * h)),
+                             (f"flatten(NHWC->NCHW)[C={c},H=W={h}]", (h * h, c))):
+            if blocks in seen:
+                continue
+            seen.add(blocks)
+            out.append(Transform(
+                name,
+                lambda a, b=blocks: np.swapaxes(a.reshape(n, *b), 1, 2).reshape(a.shape),
+                lambda a, b=blocks: np.swapaxes(a.reshape(n, b[1], b[0]), 1, 2).reshape(a.shape),
+            ))
+    return out
 
 
 def candidates(ref_shape: tuple, port_shape: tuple) -> list[Transform]:
-    """Transforms that turn an array of ``ref_shape`` into one of ``port_shape``."""
-    ref_shape, port_shape = tuple(ref_shape), tuple(port_shape)
-    out: list[Transform] = []
-    if ref_shape == port_shape:
-        out.append(IDENTITY)
-    nd = len(ref_shape)
-    if nd >= 3 and len(port_shape) == nd:
-        if ref_shape[:1] + ref_shape[2:] + ref_shape[1:2] == port_shape:
-            out.append(_moveaxis(1, -1))
-        if ref_shape[:1] + ref_shape[-1:] + ref_shape[1:-1] == port_shape:
-            out.append(_moveaxis(-1, 1))
-    if nd >= 2 and len(port_shape) == nd and ref_shape[:-2] + ref_shape[-2:][::-1] == port_shape and ref_shape != port_shape:
-        out.append(Transform("transpose_last2", lambda a: np.swapaxes(a, -1, -2), lambda a: np.swapaxes(a, -1, -2)))
-    size_r, size_p = int(np.prod(ref_shape)), int(np.prod(port_shape))
-    if size_r == size_p and ref_shape != port_shape:
-        rs, ps = ref_shape, port_shape
-        if len(rs) == len(ps) + 1 and rs[: len(ps) - 1] == ps[:-1]:
-            out.append(Transform("merge_heads", lambda a: a.reshape(ps), lambda a: a.reshape(rs)))
-        elif len(ps) == len(rs) + 1 and ps[: len(rs) - 1] == rs[:-1]:
-            out.append(Transform("split_heads", lambda a: a.reshape(ps), lambda a: a.reshape(rs)))
-        elif tuple(d for d in rs if d != 1) == tuple(d for d in ps if d != 1):
-            out.append(Transform("squeeze", lambda a: a.reshape(ps), lambda a: a.reshape(rs)))
-        # Heads merged in one framework as (B, T, H, D) and kept as (B, H, T, D) in the other.
-        if len(rs) == 4 and len(ps) == 3 and rs[0] == ps[0] and rs[2] == ps[1] and rs[1] * rs[3] == ps[2]:
-            out.append(Transform(
-                "BHTD->BT(HD)",
-                lambda a: np.swapaxes(a, 1, 2).reshape(ps),
-                lambda a: np.swapaxes(a.reshape(rs[0], rs[2], rs[1], rs[3]), 1, 2),
-            ))
-    if len(ref_shape) == len(port_shape) and ref_shape != port_shape:
-        try:
-            b = np.broadcast_shapes(ref_shape, port_shape)
-        except ValueError:
-            b = None
-        if b == port_shape:
-            out.append(Transform("broadcast", lambda a: np.broadcast_to(a, port_shape), lambda a: a[tuple(slice(0, n) for n in ref_shape)]))
+    """Transforms that turn an array of ``ref_shape`` into one of ``port_shape``.
+
+    >>> [t.name for t in candidates((2, 8, 4, 4), (2, 4, 4, 8))]
+    ['NCHW->NHWC']
+    >>> [t.name for t in candidates((2, 5, 12), (2, 5, 3, 4))]
+    ['split_heads']
+    """
+    rs, ps = tuple(int(d) for d in ref_shape), tuple(int(d) for d in port_shape)
+    out = [IDENTITY] if rs == ps else []
+    out += _axis_moves(rs, ps) + _reshapes(rs, ps) + _broadcasts(rs, ps) + _flatten_orders(rs, ps)
     return out
 
 
@@ -80,26 +172,113 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a[fin] - b[fin])) / den
 
 
-def best_transform(ref: np.ndarray, port: np.ndarray) -> tuple[Transform | None, float]:
+def best_transform(ref: np.ndarray, port: np.ndarray, prefer: str | None = None) -> tuple[Transform | None, float]:
     """The transform that best maps ``ref`` onto ``port``, and its relative error.
 
-    Identity wins unless another transform reduces the error tenfold, so a
-    buggy port with equal shapes is not "explained" by a lucky permutation.
-    Returns ``(None, inf)`` when no transform fits the shapes.
+    Identity (or ``prefer``, the layout the call's inputs arrived in) wins
+    unless another transform reduces the error tenfold, so a buggy layer with
+    equal shapes (``C == H == W``) is not "explained" by a lucky permutation
+    and keeps the layout its neighbours use. Returns ``(None, inf)`` when no
+    transform fits the shapes.
+
+    >>> x = np.arange(24.0).reshape(1, 2, 3, 4)
+    >>> best_transform(x, np.moveaxis(x, 1, -1))[0].name
+    'NCHW->NHWC'
     """
-    cands = candidates(ref.shape, port.shape)
+    cands = [t for t in candidates(ref.shape, port.shape) if t.valid is None or t.valid(ref)]
     if not cands:
         return None, float("inf")
     scored = [(t, _rel(t.forward(ref), port)) for t in cands]
     best_t, best_e = min(scored, key=lambda te: te[1])
-    ident = next((e for t, e in scored if t is IDENTITY), None)
-    if ident is not None and best_t is not IDENTITY and not best_e * 10 < ident:
-        return IDENTITY, ident
+    default = next(((t, e) for t, e in scored if t.name == prefer), None)
+    default = default or next(((t, e) for t, e in scored if t is IDENTITY), None)
+    if default is not None and best_t is not default[0] and not best_e * 10 < default[1]:
+        return default
     return best_t, best_e
 
 
+def input_layout(ref_inputs: dict[str, np.ndarray], port_inputs: dict[str, np.ndarray]) -> str | None:
+    """The layout a call's inputs arrive in (reference -> port), when the values show it clearly.
+
+    At the first divergence the inputs still agree, so their layout is a
+    reliable hint for the outputs of a layer whose own values no longer do.
+    """
+    for key, pv in port_inputs.items():
+        rv = ref_inputs.get(key)
+        if rv is None:
+            continue
+        t, err = best_transform(rv, pv)
+        if t is not None and err < 1e-2:
+            return t.name
+    return None
+
+
 def by_name(name: str, ref_shape: tuple, port_shape: tuple) -> Transform | None:
+    """The candidate transform called ``name`` for these shapes, if any."""
     for t in candidates(ref_shape, port_shape):
         if t.name == name:
             return t
+    return None
+
+
+# --- parameters ---------------------------------------------------------------------------
+
+_CONV = {3: ((2, 1, 0), "OIL->LIO"), 4: ((2, 3, 1, 0), "OIHW->HWIO"), 5: ((2, 3, 4, 1, 0), "OIDHW->DHWIO")}
+
+
+def _param_views(ref: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    views = [("identity", ref)]
+    if ref.ndim >= 2:
+        views.append(("transpose", ref.T))
+    if ref.ndim in _CONV:
+        perm, name = _CONV[ref.ndim]
+        views.append((name, ref.transpose(perm)))
+    return views
+
+
+def _close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
+    """Every element within ``2 * rtol * max|a|``; a few thousand elements are checked first.
+
+    Weights can be large: the sample rejects a wrong candidate without
+    copying the array, and the full check runs in float32, not float64.
+    """
+    if a.size == 0:
+        return True
+    scale = float(np.max(np.abs(a)))
+    if a.size > 8192:
+        flat = np.linspace(0, a.size - 1, 4096).astype(np.int64)
+        sa, sb = a[np.unravel_index(flat, a.shape)], b[np.unravel_index(flat, b.shape)]
+        if not np.allclose(sa.astype(np.float32), sb.astype(np.float32), rtol=rtol, atol=rtol * scale, equal_nan=True):
+            return False
+    worst = float(np.max(np.abs(a.astype(np.float32, copy=False) - b.astype(np.float32, copy=False))))
+    if worst != worst:  # NaN somewhere: compare element by element, NaN matching NaN
+        return bool(np.allclose(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True))
+    return worst <= 2 * rtol * scale
+
+
+def param_transform(ref: np.ndarray, port: np.ndarray, rtol: float = 1e-5) -> str | None:
+    """Name of the legal change that turns reference parameter ``ref`` into ``port``.
+
+    Tries identity, transpose (``(out, in)`` -> ``(in, out)``), conv kernel
+    layouts, each followed by a reshape (heads split in a kernel); then any
+    permutation of the same values (``permuted``, e.g. a dense kernel whose
+    rows follow an NHWC flatten). ``None``: these are not the same values.
+
+    >>> w = np.arange(6.0).reshape(2, 3)
+    >>> param_transform(w, w.T)
+    'transpose'
+    >>> param_transform(w, w.T.reshape(3, 2, 1))
+    'transpose+reshape'
+    """
+    ref, port = np.asarray(ref), np.asarray(port)
+    if ref.size != port.size:
+        return None
+    for name, view in _param_views(ref):
+        if view.shape == port.shape and _close(view, port, rtol):
+            return name
+    for name, view in _param_views(ref):
+        if _close(np.reshape(view, port.shape), port, rtol):
+            return "reshape" if name == "identity" else f"{name}+reshape"
+    if _close(np.sort(ref, axis=None), np.sort(port, axis=None), rtol):
+        return "permuted"
     return None

@@ -1,10 +1,19 @@
 """Explicit module pairs given by the user (``compare(..., mapping=...)``).
 
 A mapping is a dict ``{torch_path: flax_path}``. A key that starts with
-``re:`` is a regular expression over torch paths whose value is a replacement
-template (``{"re:blocks\\.(\\d+)\\.fc1": r"layers_\\1.up"}``). A string or
-path-like argument names a JSON file holding such a dict (the format that
-:func:`save_mapping` writes).
+``re:`` is a regular expression over torch paths (matched in full) whose value
+is a replacement template::
+
+    {"embed": "tok_emb",
+     r"re:blocks\\.(\\d+)\\.mlp\\.fc1": r"layers.\\1.ffn.up"}
+
+A string or path-like argument names a JSON file holding such a dict, either
+bare or under ``"pairs"`` (the format :func:`save_mapping` and
+``Report.save_mapping`` write: the pairs found, plus how each was found, so
+the file can be reviewed, edited and passed back).
+
+Explicit pairs win over every automatic signal; modules they do not name are
+still aligned automatically.
 """
 
 from __future__ import annotations
@@ -18,8 +27,15 @@ from typing import Any
 from .errors import MappingError, did_you_mean
 from .trace import Trace, canonical_path
 
+FORMAT = "xfdiff-mapping/1"
+
 
 def load_mapping(path: str | os.PathLike) -> dict[str, str]:
+    """Read a mapping file (JSON) into ``{torch_path_or_rule: flax_path}``.
+
+    Raises:
+        MappingError: the file is missing, not JSON, or not a dict of strings.
+    """
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -30,18 +46,52 @@ def load_mapping(path: str | os.PathLike) -> dict[str, str]:
     if isinstance(data, dict) and "pairs" in data:
         data = data["pairs"]
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise MappingError(f"mapping file {p} must hold a JSON object of torch path -> flax path strings.")
+        raise MappingError(
+            f"mapping file {p} must hold a JSON object of torch path -> flax path strings "
+            '(bare, or under "pairs").'
+        )
     return data
 
 
-def save_mapping(mapping: dict[str, str], path: str | os.PathLike) -> str:
-    """Write a mapping as JSON that ``compare(mapping=path)`` accepts."""
-    Path(path).write_text(json.dumps({"pairs": mapping}, indent=2, sort_keys=True) + "\n")
+def save_mapping(mapping: dict[str, Any], path: str | os.PathLike) -> str:
+    """Write a mapping as an editable JSON file that ``compare(mapping=path)`` accepts.
+
+    Args:
+        mapping: ``{torch_path: flax_path}``, or an alignment as stored in
+            ``Report.meta["alignment"]`` (``{torch_path: {"flax": ..., "how": ...,
+            "confidence": ...}}``); then each pair's reason is written beside it
+            under ``"found_by"`` (informational; only ``"pairs"`` is read back).
+        path: the file to write.
+
+    Returns:
+        The path written, as a string.
+    """
+    pairs: dict[str, str] = {}
+    found_by: dict[str, str] = {}
+    for t, v in mapping.items():
+        if t == "":
+            continue  # the two roots always pair
+        if isinstance(v, dict):
+            pairs[t] = v["flax"]
+            found_by[t] = f"{v.get('how', '?')}, confidence {float(v.get('confidence', 0.0)):.2f}"
+        elif isinstance(v, str):
+            pairs[t] = v
+        else:
+            raise MappingError(f"mapping entry {t!r}: expected a flax path string, got {type(v).__name__}.")
+    doc: dict[str, Any] = {"format": FORMAT, "pairs": dict(sorted(pairs.items()))}
+    if found_by:
+        doc["found_by"] = dict(sorted(found_by.items()))
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
     return str(path)
 
 
 def resolve_mapping(mapping: Any, tt: Trace, tf: Trace) -> dict[str, str]:
-    """Expand a user mapping into exact ``{torch_path: flax_path}`` pairs of called modules."""
+    """Expand a user mapping into exact ``{torch_path: flax_path}`` pairs of called modules.
+
+    Raises:
+        MappingError: a malformed rule, or a path that names no called module
+            (with close names suggested).
+    """
     if isinstance(mapping, (str, os.PathLike)):
         mapping = load_mapping(mapping)
     if not isinstance(mapping, dict):
@@ -49,30 +99,41 @@ def resolve_mapping(mapping: Any, tt: Trace, tf: Trace) -> dict[str, str]:
             f"mapping must be a dict {{torch_path: flax_path}} or a path to a JSON file, got {type(mapping).__name__}."
         )
     t_paths, f_paths = tt.paths(), tf.paths()
-    f_set = set(f_paths)
+    t_set, f_set = set(t_paths), set(f_paths)
     out: dict[str, str] = {}
     for key, value in mapping.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise MappingError(f"mapping entries must be strings, got {key!r}: {value!r}.")
         if key.startswith("re:"):
-            try:
-                rx = re.compile(key[3:])
-            except re.error as e:
-                raise MappingError(f"mapping rule {key!r} is not a valid regular expression: {e}.") from None
-            hits = 0
-            for tp in t_paths:
-                if rx.fullmatch(tp):
-                    fp = canonical_path(rx.sub(value, tp))
-                    if fp in f_set:
-                        out[tp] = fp
-                        hits += 1
-            if hits == 0:
-                raise MappingError(f"mapping rule {key!r} matched no pair of called modules.")
+            out.update(_expand_rule(key, value, t_paths, f_set))
             continue
         tp, fp = canonical_path(key), canonical_path(value)
-        if tp not in set(t_paths):
+        if tp not in t_set:
             raise MappingError(f"mapping names torch module {key!r}, which was not called." + did_you_mean(tp, t_paths))
         if fp not in f_set:
             raise MappingError(f"mapping names flax module {value!r}, which was not called." + did_you_mean(fp, f_paths))
         out[tp] = fp
+    return out
+
+
+def _expand_rule(key: str, template: str, t_paths: list[str], f_set: set[str]) -> dict[str, str]:
+    try:
+        rx = re.compile(key[3:])
+    except re.error as e:
+        raise MappingError(f"mapping rule {key!r} is not a valid regular expression: {e}.") from None
+    out: dict[str, str] = {}
+    missed: list[str] = []
+    for tp in t_paths:
+        if rx.fullmatch(tp):
+            try:
+                fp = canonical_path(rx.sub(template, tp))
+            except (re.error, IndexError) as e:
+                raise MappingError(f"mapping rule {key!r}: replacement {template!r} is invalid: {e}.") from None
+            if fp in f_set:
+                out[tp] = fp
+            else:
+                missed.append(fp)
+    if not out:
+        hint = f" It produced {missed[:3]}, which no called flax module has." if missed else " It matched no torch path."
+        raise MappingError(f"mapping rule {key!r} matched no pair of called modules.{hint}")
     return out

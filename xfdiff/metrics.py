@@ -183,7 +183,8 @@ def error_detail(ref: np.ndarray, port: np.ndarray, seed: int = 0) -> dict[str, 
     p = to_float64(port)
     if r.dtype.kind == "c":
         r, p = np.abs(r), np.abs(p)
-    d = np.abs(p - r)
+    with np.errstate(invalid="ignore"):  # inf - inf where both sides overflowed: handled just below
+        d = np.abs(p - r)
     d = np.where(np.isfinite(d), d, np.nan)
     out: dict[str, np.ndarray] = {"shape": np.asarray(r.shape, dtype=np.int64)}
     flat_d = np.nan_to_num(d.ravel(), nan=np.inf)

@@ -173,13 +173,9 @@ class Report:
         for lyr in self.layers:
             if path in (lyr.torch_path, lyr.flax_path) and lyr.call_index == call_index:
                 return lyr
-        from .errors import XfdiffError, did_you_mean
+        from .errors import LayerNotFound, did_you_mean
 
         names = [p for lyr in self.layers for p in (lyr.torch_path, lyr.flax_path) if p]
-
-        class LayerNotFound(XfdiffError, KeyError):
-            pass
-
         raise LayerNotFound(f"No layer {path!r} (call {call_index}) in this report." + did_you_mean(path, names))
 
     # --- views ----------------------------------------------------------------------
@@ -224,3 +220,13 @@ class Report:
         from .storage import save_report
 
         return save_report(self, path)
+
+    def save_mapping(self, path) -> str:
+        """Write the module pairs found as an editable JSON mapping; ``compare(mapping=path)`` reads it back.
+
+        Each pair's reason and confidence are written beside it (``found_by``).
+        Returns the path.
+        """
+        from .mapping import save_mapping
+
+        return save_mapping(self.meta.get("alignment", {}), path)

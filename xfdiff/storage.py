@@ -131,8 +131,9 @@ def load_report(path: str | os.PathLike) -> Report:
                 blob = zf.read("arrays.safetensors")
     except ReportFileError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        if path.read_bytes()[:2] == b"\x80\x04" or path.suffix in (".pkl", ".pickle"):
+    except Exception as e:  # zipfile, zlib, lzma and bz2 each raise their own kinds on damaged data
+        head = path.read_bytes()[:2]
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or path.suffix in (".pkl", ".pickle"):
             raise _bad(path, "it looks like a pickle, which xfdiff never loads") from None
         raise _bad(path, f"not a valid zip archive ({type(e).__name__}: {e}); it may be truncated") from None
     try:
@@ -171,6 +172,30 @@ def _typed(path, value, types, what):
 
 
 _LAYER_FIELDS = {f.name: f for f in fields(LayerDiff)}
+_SIMPLE = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,), "tuple": (tuple,)}
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    """Whether a JSON value fits a dataclass field annotation such as ``float | None``."""
+    for part in (p.strip() for p in str(annotation).split("|")):
+        if part == "Any" or part == "None" and value is None or part.startswith("dict") and isinstance(value, dict):
+            return True
+        kinds = _SIMPLE.get(part)
+        if kinds is None or not isinstance(value, kinds) or isinstance(value, bool) and part != "bool":
+            continue
+        if part == "tuple" and not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            continue
+        return True
+    return False
+
+
+def _check_fields(path, cls: type, values: dict, what: str) -> dict:
+    """Refuse values whose type does not fit ``cls``'s field (a views' format call would fail later)."""
+    types = {f.name: f.type for f in fields(cls)}
+    for name, value in values.items():
+        if not _fits(types[name], value):
+            raise _bad(path, f"{what} field {name!r} has the wrong type ({type(value).__name__})")
+    return values
 
 
 def _layer_from(path, row: dict, arrays: dict, prefix: str) -> LayerDiff:
@@ -189,11 +214,30 @@ def _layer_from(path, row: dict, arrays: dict, prefix: str) -> LayerDiff:
             raise _bad(path, f"a layer row lacks {key!r}")
     if kwargs.get("status", "ok") not in STATUSES:
         raise _bad(path, f"unknown layer status {kwargs.get('status')!r}")
-    lyr = LayerDiff(**kwargs)
+    lyr = LayerDiff(**_check_fields(path, LayerDiff, kwargs, "layer"))
     for kind in ("detail", "local_detail"):
         pre = f"{prefix}/{kind}/"
         setattr(lyr, kind, {k[len(pre) :]: v for k, v in arrays.items() if k.startswith(pre)})
     return lyr
+
+
+# Types of the meta entries the views read; other entries are kept as loaded.
+_META_TYPES = {"tolerance": dict, "reference": str, "notes": list, "alignment": dict, "torch_model": str,
+               "flax_model": str, "flax_framework": str, "torch_meta": dict, "flax_meta": dict}
+
+
+def _check_meta(path, meta: dict) -> dict:
+    for key, kind in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise _bad(path, f"meta entry {key!r} has the wrong type ({type(meta[key]).__name__})")
+    tol = meta.get("tolerance", {})
+    if any(not _fits("float | None", tol.get(k)) for k in ("atol", "rtol")):
+        raise _bad(path, "meta tolerance holds a non-number")
+    if not all(isinstance(n, str) for n in meta.get("notes", [])):
+        raise _bad(path, "meta notes must be strings")
+    if not all(isinstance(v, dict) for v in meta.get("alignment", {}).values()):
+        raise _bad(path, "meta alignment entries must be objects")
+    return meta
 
 
 def _doc_to_report(path, doc: Any, arrays: dict[str, np.ndarray]) -> Report:
@@ -208,8 +252,8 @@ def _doc_to_report(path, doc: Any, arrays: dict[str, np.ndarray]) -> Report:
             f"{path}: written by a newer xfdiff (schema {ver}, this one reads up to "
             f"{SCHEMA_VERSION}). Upgrade xfdiff: pip install -U xfdiff."
         )
-    doc = _unjson(doc)
     try:
+        doc = _unjson(doc)
         layers = [_layer_from(path, row, arrays, str(i)) for i, row in enumerate(_typed(path, doc.get("layers", []), list, "layers"))]
         final = doc.get("final")
         final = _layer_from(path, final, arrays, "final") if final is not None else None
@@ -219,15 +263,17 @@ def _doc_to_report(path, doc: Any, arrays: dict[str, np.ndarray]) -> Report:
             known = {k: f[k] for k in ("pitfall", "torch_path", "flax_path", "message", "evidence", "fix", "call_index", "confidence") if k in f}
             if not isinstance(known.get("pitfall"), str) or not isinstance(known.get("message", ""), str):
                 raise _bad(path, "a finding lacks its pitfall id or message")
+            _check_fields(path, Finding, known, "finding")
             findings.append(Finding(**{"torch_path": None, "flax_path": None, "message": "", **known}))
         unmatched = []
         for u in _typed(path, doc.get("unmatched", []), list, "unmatched"):
             _typed(path, u, dict, "an unmatched entry")
-            unmatched.append(Unmatched(**{k: u[k] for k in ("side", "path", "module_type", "reason", "has_params") if k in u}))
-        meta = _typed(path, doc.get("meta", {}), dict, "meta")
+            known = {k: u[k] for k in ("side", "path", "module_type", "reason", "has_params") if k in u}
+            unmatched.append(Unmatched(**_check_fields(path, Unmatched, known, "unmatched entry")))
+        meta = _check_meta(path, _typed(path, doc.get("meta", {}), dict, "meta"))
     except ReportFileError:
         raise
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, RecursionError) as e:
         raise _bad(path, f"a field is malformed ({e})") from None
     return Report(layers=layers, findings=findings, unmatched=unmatched, meta=meta, final=final)
 

@@ -52,11 +52,7 @@ def params_by_path(params: Any) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _unjit(fn: Callable) -> Callable:
-    """The Python function behind a ``jax.jit`` wrapper, so taps run inside xfdiff's own trace.
-
-    A jitted function that was called before would otherwise be served from
-    its cache, where no tap runs.
-    """
+    """The Python function behind a ``jax.jit`` wrapper: xfdiff jits (or not) the forward itself."""
     inner = getattr(fn, "__wrapped__", None)
     if inner is not None and hasattr(fn, "lower") and callable(inner):
         return inner
@@ -126,8 +122,7 @@ class TapSide:
         if len(trace.records) <= 1:
             warnings.warn(
                 f"xfdiff: no xfdiff.tap() ran inside {self.label}; only its final output is compared. "
-                "Mark values with xfdiff.tap(path, value). Taps inside a separately jitted helper that was "
-                "already compiled do not run: call jax.clear_caches() first.",
+                "Mark values with xfdiff.tap(path, value).",
                 stacklevel=3,
             )
         trace.params = params_by_path(self.params) if has_params else {}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -139,6 +141,81 @@ def is_hf_flax(model: Any) -> bool:
     return any(c.__name__ == "FlaxPreTrainedModel" for c in type(model).__mro__)
 
 
+def shape_placeholder(shape: tuple, dtype: Any) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that takes no memory.
+
+    Floats are NaN, so a placeholder never passes for real values.
+    """
+    dtype = np.dtype(dtype)
+    fill = np.nan if dtype.kind in "fc" or dtype.name == "bfloat16" else 0
+    return np.broadcast_to(np.array(fill, dtype=dtype), tuple(shape))
+
+
+def _host(v: Any) -> np.ndarray:
+    if isinstance(v, jax.ShapeDtypeStruct):
+        return shape_placeholder(v.shape, v.dtype)
+    return np.asarray(v)
+
+
+class _LazyValues(Mapping):
+    """Substituted inputs keyed ``path#index#leaf``, converted only when a call asks for them."""
+
+    def __init__(self, subst: Mapping):
+        self._subst = subst
+
+    def __getitem__(self, key: str):
+        path, idx, leaf = key.rsplit("#", 2)
+        return jnp.asarray(self._subst[(path, int(idx))][leaf])
+
+    def __iter__(self):
+        return (f"{p}#{i}#{leaf}" for (p, i), d in self._subst.items() for leaf in d)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._subst.values())
+
+
+# Jitted capture functions by (model, call signature): a repeated compare() (or the
+# teacher-forced re-run of the same model) reuses the compiled executable instead of
+# tracing and compiling the whole forward again. Entries hold the model weakly.
+_JIT_CACHE: OrderedDict = OrderedDict()
+_JIT_CACHE_SIZE = 8
+
+
+def _signature(variables, leaves, treedef, dyn_idx, sub_keys, sub_vals, record_outputs) -> tuple | None:
+    """A hashable description of everything a traced capture depends on, or None."""
+    dyn = set(dyn_idx)
+    try:
+        static = tuple((i, leaf) for i, leaf in enumerate(leaves) if i not in dyn)
+        hash(static)
+    except TypeError:
+        return None
+    shapes = tuple((np.shape(leaves[i]), str(leaves[i].dtype)) for i in dyn_idx)
+    vleaves, vdef = jax.tree_util.tree_flatten(variables)
+    vshapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x).__name__))) for x in vleaves)
+    subs = tuple(sorted((k, tuple(np.shape(v)), str(v.dtype)) for k, v in sub_vals.items()))
+    return (treedef, static, shapes, vdef, vshapes, subs, tuple(sorted(sub_keys.items())), record_outputs)
+
+
+def _cached_jit(owner: Any, sig: tuple | None, run: Callable, statics: list) -> tuple[Callable, list]:
+    """The jitted ``run`` for ``(owner, sig)`` and the statics list its traces fill."""
+    if sig is None:
+        return jax.jit(run), statics
+    key = (id(owner), sig)
+    hit = _JIT_CACHE.get(key)
+    if hit is not None and hit[0]() is owner:
+        _JIT_CACHE.move_to_end(key)
+        return hit[1], hit[2]
+    try:
+        ref = weakref.ref(owner)
+    except TypeError:
+        return jax.jit(run), statics
+    fn = jax.jit(run)
+    _JIT_CACHE[key] = (ref, fn, statics)
+    while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
+        _JIT_CACHE.popitem(last=False)
+    return fn, statics
+
+
 class LinenSide:
     """Records every method call of a linen module (or a Hugging Face Flax model)."""
 
@@ -149,10 +226,10 @@ class LinenSide:
         if is_hf_flax(model):
             self.module = model.module
             self.variables = {"params": model.params}
-            hf = model
+            hf = weakref.ref(model)  # the jit cache below must not keep the model (and its params) alive
 
             def call(variables, args, kwargs):
-                return hf(*args, params=variables["params"], **kwargs)
+                return hf()(*args, params=variables["params"], **kwargs)
 
             self.call: Callable = call
             self.label = type(model).__name__
@@ -178,6 +255,7 @@ class LinenSide:
             )
         self.args, self.kwargs = to_jax_inputs(inputs, "flax_inputs")
         self.jit = jit
+        self._owner = model if is_hf_flax(model) else self.module
 
     def describe(self) -> str:
         return self.label
@@ -191,16 +269,39 @@ class LinenSide:
                 self.jit = False  # the model needs concrete values; run it eagerly
         return self._capture(substitute, False, record_outputs)
 
-    def _capture(self, substitute: Substitute | None, jit: bool, record_outputs: bool = True) -> Trace:
+    def skeleton(self) -> Trace:
+        """Calls, output shapes and parameters of the forward pass, without computing it.
+
+        Runs the capture under ``jax.eval_shape``; array leaves of the records
+        are placeholders of the right shape and dtype (see :func:`shape_placeholder`).
+        """
+        return self._capture(None, False, shapes_only=True)
+
+    def stream(self, on_call: Callable, substitute: Substitute | None = None) -> Trace:
+        """Run eagerly and hand each call to ``on_call`` as it returns; keep no arrays.
+
+        ``on_call(path, call_index, module_type, method, order, inputs, outputs, raw_inputs)``
+        receives live JAX arrays (possibly sharded) that are dropped once it
+        returns. ``substitute`` values are read one call at a time, when that
+        call runs, so they may live on disk. Returns the calls without arrays.
+        """
+        return self._capture(substitute, False, on_call=on_call)
+
+    def _capture(self, substitute: Substitute | None, jit: bool, record_outputs: bool = True,
+                 on_call: Callable | None = None, shapes_only: bool = False) -> Trace:
         statics: list[tuple] = []
         subst = substitute or {}
         sub_keys = {k: tuple(v) for k, v in subst.items()}
-        sub_vals = {f"{p}#{i}#{leaf}": jnp.asarray(a) for (p, i), d in subst.items() for leaf, a in d.items()}
+        if on_call is not None:
+            sub_vals = _LazyValues(subst)
+        else:
+            sub_vals = {f"{p}#{i}#{leaf}": jnp.asarray(a) for (p, i), d in subst.items() for leaf, a in d.items()}
         leaves, treedef = jax.tree_util.tree_flatten((self.args, self.kwargs))
         dyn_idx = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray))]
         call = self.call
 
         def run(variables, dyn, svals):
+            statics.clear()  # a (re)trace records the call structure afresh
             full = list(leaves)
             for i, x in zip(dyn_idx, dyn):
                 full[i] = x
@@ -238,14 +339,22 @@ class LinenSide:
                     stack.pop()
                 outs = flatten_arrays(out, ("out",)) if record_outputs else {}
                 statics.append((path, idx, type(mod).__name__, name, module_config(mod)))
-                captured.append((ins, outs, raw))
+                if on_call is not None:
+                    on_call(path, idx, type(mod).__name__, name, len(statics) - 1, ins, outs, raw)
+                else:
+                    captured.append((ins, outs, raw))
                 return out
 
             with nn.intercept_methods(interceptor):
                 out = call(variables, args, kwargs)
             return out, captured
 
-        fn = jax.jit(run) if jit else run
+        fn = run
+        if shapes_only:
+            fn = functools.partial(jax.eval_shape, run)
+        elif jit:
+            sig = _signature(self.variables, leaves, treedef, dyn_idx, sub_keys, sub_vals, record_outputs)
+            fn, statics = _cached_jit(self._owner, sig, run, statics)
         try:
             _, captured = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
@@ -258,11 +367,13 @@ class LinenSide:
                 "Flax side takes different arguments than the PyTorch side."
             ) from e
         trace = Trace(side="flax", framework="linen")
+        if on_call is not None:
+            captured = [({}, {}, {})] * len(statics)  # the values went to on_call
         for order, ((path, idx, typ, method, cfg), (ins, outs, raw)) in enumerate(zip(statics, captured)):
             rec = CallRecord(path=path, call_index=idx, module_type=typ, order=order, method=method)
-            rec.inputs = {k: np.asarray(v) for k, v in ins.items()}
-            rec.outputs = {k: np.asarray(v) for k, v in outs.items()}
-            rec.raw_inputs = {k: np.asarray(v) for k, v in raw.items()}
+            rec.inputs = {k: _host(v) for k, v in ins.items()}
+            rec.outputs = {k: _host(v) for k, v in outs.items()}
+            rec.raw_inputs = {k: _host(v) for k, v in raw.items()}
             trace.records.append(rec)
             trace.module_types.setdefault(path, typ)
             trace.config.setdefault(path, cfg)

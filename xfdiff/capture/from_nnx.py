@@ -18,6 +18,7 @@ user's model, and every capture sees the same random streams.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import re
 from typing import Any
@@ -109,7 +110,7 @@ def _resolve_call(cls: type) -> Any:
 
 def _wrapper(raw: Any):
     def __call__(self, *args, **kwargs):
-        bound = raw.__get__(self, type(self))
+        bound = raw.__get__(self, type(self)) if hasattr(raw, "__get__") else functools.partial(raw, self)
         rec = active()
         tag = getattr(self, TAG, None)
         if rec is None or tag is None or tag[1] != rec.token or rec.inside(self):

@@ -100,8 +100,23 @@ def module_config(mod: torch.nn.Module) -> dict[str, Any]:
     return cfg
 
 
+def param_view(t: torch.Tensor) -> np.ndarray:
+    """A read-only numpy view of a CPU parameter (no copy); a copy otherwise.
+
+    Parameters do not change during a comparison, and copying them would
+    double the model's memory (4 GiB more for a 1B-parameter model).
+    """
+    t = t.detach()
+    if t.device.type != "cpu" or t.dtype == torch.bfloat16 or t.is_conj() or t.is_neg():
+        return to_numpy(t)
+    a = t.numpy()
+    a = a.view()
+    a.flags.writeable = False
+    return a
+
+
 def _own_params(mod: torch.nn.Module) -> dict[str, np.ndarray]:
-    out = {n: to_numpy(p) for n, p in mod._parameters.items() if p is not None}
+    out = {n: param_view(p) for n, p in mod._parameters.items() if p is not None}
     for n, b in mod._buffers.items():
         if b is not None and b.dtype.is_floating_point and n in ("running_mean", "running_var"):
             out[n] = to_numpy(b)
@@ -151,7 +166,16 @@ class TorchSide:
     def describe(self) -> str:
         return type(self.model).__name__
 
-    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True) -> Trace:
+    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True,
+                sink: Any = None) -> Trace:
+        """Run the model once with hooks on every module.
+
+        Args:
+            substitute: teacher-forcing inputs ``{(path, index): {leaf: array}}``.
+            record_outputs: record output leaves.
+            sink: called with each record as its call completes; it may move the
+                record's arrays elsewhere (bounded-memory mode spills them to disk).
+        """
         trace = Trace(side="torch", framework="torch")
         for name, mod in self.modules:
             path = canonical_path(name)
@@ -200,6 +224,11 @@ class TorchSide:
                     rec.error = f"output capture failed: {type(e).__name__}: {e}"
                 rec.order = len(trace.records)
                 trace.records.append(rec)
+                if sink is not None:
+                    try:
+                        sink(rec)
+                    except Exception as e:  # e.g. a full disk: keep the arrays, say so
+                        rec.error = f"spilling failed: {type(e).__name__}: {e}"
                 return None
 
             return post

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -107,6 +109,7 @@ class Recorder:
         self.host: list[CallRecord] = []  # callback: records as they ran
         self.run_counts: dict[str, int] = {}
         self.stack: list[int] = []
+        self.scope: list[str] = []  # paths of the NNX module calls now running (taps inside are relative)
         self.tap_skip: Callable[[Any], bool] | None = None  # subtrees a tapped step does not take as inputs
         self.token: Any = None  # which capture an NNX module's path tag belongs to
 
@@ -125,22 +128,31 @@ class Recorder:
             kwargs = replace_leaves(kwargs, ("kwargs",), s, skip)
         ins = {**flatten_leaves(args, ("args",), skip), **flatten_leaves(kwargs, ("kwargs",), skip)}
         self.stack.append(id(owner))
+        if owner is not None:
+            self.scope.append(path)
         try:
             out = fn(*args, **kwargs)
         finally:
             self.stack.pop()
+            if owner is not None:
+                self.scope.pop()
         outs = flatten_leaves(out, ("out",), skip) if self.record_outputs else {}
         self._emit((path, typ, method, cfg, idx), ins, outs, raw)
         return out
 
     def tap_value(self, path: str, value: Any) -> Any:
         """``xfdiff.tap(path, value)`` while this recorder is active."""
-        return self.value(canonical_path(path), value)
+        return self.value(self._tap_path(path), value)
 
     def tap_call(self, path: str, fn: Callable, args: tuple, kwargs: dict) -> Any:
         """``xfdiff.tap(path, fn, *args, **kwargs)`` while this recorder is active."""
         name = getattr(fn, "__name__", type(fn).__name__)
-        return self.call(canonical_path(path), name, {}, fn, tuple(args), dict(kwargs), skip=self.tap_skip)
+        return self.call(self._tap_path(path), name, {}, fn, tuple(args), dict(kwargs), skip=self.tap_skip)
+
+    def _tap_path(self, path: str) -> str:
+        path = canonical_path(path)
+        parent = self.scope[-1] if self.scope else ""
+        return f"{parent}.{path}" if parent else path
 
     def value(self, path: str, value: Any) -> Any:
         """Record ``value`` as the output of the call ``path`` (no inputs)."""
@@ -170,8 +182,8 @@ class Recorder:
                            ordered=self.mode == CALLBACK)
 
     def _on_host(self, entry: int, ins, outs, raw) -> None:
-        path, typ, method, _, _ = self.statics[entry]
-        self.host.append(self._record(entry, self._run_index(path), ins, outs, raw))
+        """Runs when the call actually executed: its call index counts executions, not traces."""
+        self.host.append(self._record(entry, self._run_index(self.statics[entry][0]), ins, outs, raw))
 
     def _run_index(self, path: str) -> int:
         idx = self.run_counts.get(path, 0)
@@ -195,7 +207,7 @@ class Recorder:
         """Append the records of this run to ``trace`` in completion order, with configs."""
         if self.mode == DIRECT:
             vals = returned if returned is not None else self.returned()
-            recs = [self._record(e, self.statics[e][4], *v) for (e, *_), v in zip(self.values, vals)]
+            recs = [self._record(e, self.statics[e][4], *v) for (e, *_), v in zip(self.values, vals, strict=True)]
         else:
             recs = self.host
         for order, rec in enumerate(recs):
@@ -230,6 +242,24 @@ CONCRETE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_runs = itertools.count(1)
+
+
+def fresh_traces():
+    """A context in which JAX traces functions again instead of reusing earlier traces.
+
+    A helper the user jitted, or a ``lax.scan`` body, that ran before the
+    capture would be served from JAX's caches, where no tap or hook runs. XLA
+    metadata is part of those cache keys; a distinct value per run makes them
+    miss. The metadata only annotates the compiled program's operations.
+    """
+    try:
+        from jax.experimental.xla_metadata import set_xla_metadata
+    except ImportError:  # pragma: no cover - older/newer JAX without it: taps in cached code are missed
+        return contextlib.nullcontext()
+    return set_xla_metadata(xfdiff_capture=str(next(_runs)))
+
+
 def run_once(body: Callable, tree: Any, substitute: Substitute | None, record_outputs: bool, jit: bool,
              mode: str, setup: Callable[[Recorder], None] | None = None) -> tuple[Recorder, list]:
     """Run ``body(tree, recorder)`` once (under ``jax.jit`` when ``jit``) and return what was recorded.
@@ -239,8 +269,15 @@ def run_once(body: Callable, tree: Any, substitute: Substitute | None, record_ou
     """
     svals = substitute_arrays(substitute)
     made: list[Recorder] = []
+    # Only arrays are traced; flags such as deterministic=True stay Python values.
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    dyn_idx = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray))]
 
-    def run(tree, svals):
+    def run(dyn, svals):
+        full = list(leaves)
+        for i, x in zip(dyn_idx, dyn, strict=True):
+            full[i] = x
+        tree = jax.tree_util.tree_unflatten(treedef, full)
         rec = Recorder(substitute, svals, record_outputs, mode, eager=not jit)
         if setup is not None:
             setup(rec)
@@ -249,7 +286,9 @@ def run_once(body: Callable, tree: Any, substitute: Substitute | None, record_ou
             body(tree, rec)
         return rec.returned()
 
-    returned = jax.jit(run)(tree, svals) if jit else run(tree, svals)
+    dyn = [leaves[i] for i in dyn_idx]
+    with fresh_traces():
+        returned = jax.jit(run)(dyn, svals) if jit else run(dyn, svals)
     if mode != DIRECT:
         jax.effects_barrier()  # wait until every host callback has run
     return made[-1], returned
@@ -275,6 +314,9 @@ def run_with_fallbacks(attempt: Callable[[bool, str], tuple], jit: bool, mode: s
             jit = False
         except Exception as e:
             if mode == CALLBACK and "ordered" in str(e).lower():
+                warnings.warn(
+                    "xfdiff: this model's transforms refuse ordered host callbacks; calls are recorded "
+                    "in the order they ran, which may not be completion order.", stacklevel=4)
                 mode = UNORDERED
             else:
                 raise

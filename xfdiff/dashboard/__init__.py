@@ -66,13 +66,13 @@ def create_app(report: Report | str | os.PathLike, title: str | None = None):
     from dash import Dash
 
     from .callbacks import register
-    from .layout import CSS, build_layout
+    from .layout import build_layout, css
 
     report = load_any(report)
     fd = report.first_divergence
     app = Dash(__name__, title=title or f"xfdiff · {fd.label if fd else 'no divergence'}",
                update_title=None, assets_ignore=".*")
-    app.index_string = _INDEX % CSS
+    app.index_string = _INDEX % css()
     selected = fd.order if fd is not None else (0 if report.layers else None)
     app.layout = build_layout(report, selected)
     register(app, report)

@@ -1,8 +1,13 @@
 """Pure functions from a report (or one of its layers) to plotly figures.
 
 The dashboard, the static HTML report and the notebook build their plots from
-these functions, so every view shows the same pictures. Nothing here touches
-Dash or a browser; each function returns a ``plotly.graph_objects.Figure``.
+these functions, so every view shows the same pictures. Each function returns
+a plotly figure *dict* (``{"data": [...], "layout": {...}}``): Dash and
+plotly.js take it as is, ``plotly.graph_objects.Figure(d)`` makes an object of
+it. Dicts rather than ``Figure`` objects because validating thousands of
+traces for a large report's HTML file would take minutes; the styling is
+spelled out here instead of using a named template, which plotly.js alone
+would not know.
 
 Plotly renders a few HTML tags inside text, so every name that comes from a
 model is escaped before it reaches a title, label or hover text.
@@ -14,8 +19,6 @@ import html
 import math
 
 import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from ..report import LayerDiff, Report
 
@@ -30,7 +33,13 @@ STATUS_COLORS = {
 PROPAGATED_COLOR = "#7b8fb8"
 LOCAL_COLOR = "#e8590c"
 TOL_COLOR = "#2b8a3e"
+SELECT_COLOR = "#1c7ed6"
 GRID = "#eceff4"
+# Matplotlib's "inferno" at ten stops (plotly.js knows no colour scale by that name).
+INFERNO = [[i / 9, c] for i, c in enumerate(
+    ("#000004", "#1b0c41", "#4a0c6b", "#781c6d", "#a52c60", "#cf4446", "#ed6925", "#fb9b06", "#f7d13d", "#fcffa4"))]
+AXIS = {"gridcolor": GRID, "linecolor": "#ced4da", "zerolinecolor": "#dee2e6", "ticks": "outside",
+        "tickcolor": "#ced4da", "automargin": True, "title": {"font": {"size": 12}}}
 
 
 def esc(text: object) -> str:
@@ -45,6 +54,14 @@ def sci(x: float | None) -> str:
     if x == 0:
         return "0"
     return f"{x:.2e}"
+
+
+def scalar(a, default: float = 0.0) -> float:
+    """A number stored as a 0-d or 1-element array (or missing)."""
+    if a is None:
+        return default
+    flat = np.asarray(a).ravel()
+    return float(flat[0]) if flat.size else default
 
 
 def detail_arrays(lyr: LayerDiff, which: str = "local") -> tuple[dict, str]:
@@ -63,38 +80,41 @@ def detail_arrays(lyr: LayerDiff, which: str = "local") -> tuple[dict, str]:
     return lyr.detail, "propagated"
 
 
-def scalar(a, default: float = 0.0) -> float:
-    """A number stored as a 0-d or 1-element array (or missing)."""
-    if a is None:
-        return default
-    flat = np.asarray(a).ravel()
-    return float(flat[0]) if flat.size else default
+def _axis(**kw) -> dict:
+    out = {**AXIS, **kw}
+    if isinstance(out.get("title"), str):
+        out["title"] = {"text": out["title"], "font": {"size": 12}}
+    return out
 
 
-def _layout(fig: go.Figure, title: str, height: int = 300, **kw) -> go.Figure:
-    fig.update_layout(
-        template="plotly_white",
-        title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
-        font={"family": FONT, "size": 12, "color": "#222"},
-        height=height,
-        margin={"l": 60, "r": 20, "t": 44, "b": 48},
-        showlegend=kw.pop("showlegend", False),
+def _layout(title: str, height: int = 300, **kw) -> dict:
+    return {
+        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
+        "font": {"family": FONT, "size": 12, "color": "#222"},
+        "height": height,
+        "margin": {"l": 60, "r": 20, "t": 44, "b": 48},
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "hoverlabel": {"font": {"family": FONT}},
+        "showlegend": False,
         **kw,
-    )
-    return fig
+    }
 
 
-def empty_figure(message: str, height: int = 300) -> go.Figure:
+def _f32(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def empty_figure(message: str, height: int = 300) -> dict:
     """A blank figure that says why there is nothing to draw."""
-    fig = go.Figure()
-    fig.add_annotation(text=esc(message), showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
-                       font={"color": "#777", "size": 13})
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    return _layout(fig, "", height=height)
+    return {"data": [], "layout": _layout("", height, xaxis={"visible": False}, yaxis={"visible": False},
+                                         annotations=[{"text": esc(message), "showarrow": False, "x": 0.5, "y": 0.5,
+                                                       "xref": "paper", "yref": "paper",
+                                                       "font": {"color": "#777", "size": 13}}])}
 
 
-def _tolerance(report: Report) -> float:
+def tolerance_of(report: Report) -> float:
+    """The absolute tolerance to draw: the report's, else the layers' (dtype default)."""
     atol = report.meta.get("tolerance", {}).get("atol")
     if atol is not None:
         return float(atol)
@@ -110,14 +130,30 @@ def _floor(values: list[float | None], atol: float) -> float:
 
 
 def _on_log(values: list[float | None], floor: float) -> list[float | None]:
-    return [None if v is None or v != v else (floor if v <= 0 else v) for v in values]
+    return [None if v is None or v != v else (floor if v <= 0 else (v if v < math.inf else None)) for v in values]
 
 
-def depth_figure(report: Report, selected: int | None = None, height: int = 340) -> go.Figure:
-    """Error against depth: propagated and local max |error| per call, log scale.
+def _hline(y: float, color: str, xref: str = "paper", yref: str = "y", dash: str = "dash") -> dict:
+    return {"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": y, "y1": y,
+            "line": {"color": color, "dash": dash, "width": 1.2}}
+
+
+def _vline(x: float, color: str, dash: str = "dot") -> dict:
+    return {"type": "line", "xref": "x", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
+            "line": {"color": color, "dash": dash, "width": 1.5}}
+
+
+def _note(text: str, color: str, **pos) -> dict:
+    return {"text": text, "showarrow": False, "font": {"color": color, "size": 11},
+            "bgcolor": "rgba(255,255,255,0.85)", **pos}
+
+
+def depth_figure(report: Report, selected: int | None = None, height: int = 340) -> dict:
+    """Error against depth: propagated and own (teacher-forced) max |error| per call, log scale.
 
     Exact zeros sit on a floor a decade below the smallest error, labelled
-    "exact".
+    "exact (0)"; the tolerance is a dashed line; the first divergence and the
+    selected layer are marked.
 
     Args:
         report: the report.
@@ -125,12 +161,12 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
         height: figure height in pixels.
 
     Returns:
-        A figure whose points carry the layer's ``order`` as ``customdata``.
+        A figure dict whose points carry the layer's ``order`` as ``customdata``.
     """
     layers = report.layers
     if not layers:
         return empty_figure("No aligned layers to plot.", height)
-    atol = _tolerance(report)
+    atol = tolerance_of(report)
     prop = [lyr.max_abs for lyr in layers]
     local = [lyr.local_max_abs for lyr in layers]
     floor = _floor(prop + local, atol)
@@ -140,170 +176,174 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
         f"<br>propagated {sci(lyr.max_abs)} · own {sci(lyr.local_max_abs)}<br>status: {esc(lyr.status)}"
         for lyr in layers
     ]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=x, y=_on_log(prop, floor), mode="lines+markers", name="propagated (whole model up to here)",
-        line={"color": PROPAGATED_COLOR, "width": 1.5}, marker={"size": 5}, customdata=x,
-        hovertext=hover, hoverinfo="text",
-    ))
+    data = [{
+        "type": "scatter", "x": x, "y": _on_log(prop, floor), "mode": "lines+markers",
+        "name": "propagated (whole model up to here)", "line": {"color": PROPAGATED_COLOR, "width": 1.5},
+        "marker": {"size": 5}, "customdata": x, "hovertext": hover, "hoverinfo": "text",
+    }]
     if any(v is not None for v in local):
-        fig.add_trace(_own_trace(layers, floor, x, hover))
-    fig.add_hline(y=atol, line={"color": TOL_COLOR, "dash": "dash", "width": 1.2})
-    fig.add_annotation(x=0, xref="paper", xanchor="left", y=math.log10(atol), yanchor="bottom", showarrow=False,
-                       text=f"tolerance atol {atol:g}", font={"color": TOL_COLOR, "size": 11})
-    fig.add_annotation(x=0, xref="paper", xanchor="left", y=math.log10(floor), yanchor="middle", showarrow=False,
-                       text="exact (0)", font={"color": "#999", "size": 10}, bgcolor="rgba(255,255,255,0.8)")
-    _mark_layer(fig, report.first_divergence, "first divergence", STATUS_COLORS["diverged"])
+        data.append(_own_trace(layers, floor, x, hover))
+    shapes = [_hline(atol, TOL_COLOR)]
+    notes = [
+        _note(f"tolerance atol {atol:g}", TOL_COLOR, x=0, xref="paper", xanchor="left",
+              y=math.log10(atol), yanchor="bottom"),
+        _note("exact (0)", "#999", x=0, xref="paper", xanchor="left", y=math.log10(floor), yanchor="middle"),
+    ]
+    marks = [(report.first_divergence, "first divergence", STATUS_COLORS["diverged"])]
     if selected is not None and 0 <= selected < len(layers) and layers[selected] is not report.first_divergence:
-        _mark_layer(fig, layers[selected], "selected", "#1c7ed6")
-    fig.update_yaxes(type="log", title="max |port − ref|", exponentformat="power", dtick=1, gridcolor=GRID)
-    fig.update_xaxes(title="call (execution order)", gridcolor=GRID, zeroline=False)
-    return _layout(fig, "Error vs depth", height=height, showlegend=True, hovermode="closest",
-                   legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"})
+        marks.append((layers[selected], "selected", SELECT_COLOR))
+    for k, (lyr, what, color) in enumerate(marks):
+        if lyr is not None:
+            shapes.append(_vline(lyr.order, color))
+            notes.append(_note(f"{what}: <b>{esc(lyr.label)}</b>", color, x=lyr.order, y=0.98 - 0.1 * k,
+                               yref="paper", yanchor="top", xanchor="left", xshift=4))
+    layout = _layout(
+        "Error vs depth", height, showlegend=True, hovermode="closest", shapes=shapes, annotations=notes,
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        xaxis=_axis(title="call (execution order)", zeroline=False),
+        yaxis=_axis(title="max |port − ref|", type="log", exponentformat="power", dtick=1),
+    )
+    return {"data": data, "layout": layout}
 
 
-def _own_trace(layers: list[LayerDiff], floor: float, x: list[int], hover: list[str]) -> go.Scatter:
-    """Own (teacher-forced) error: red where it is outside tolerance, small grey where exact."""
+def _own_trace(layers: list[LayerDiff], floor: float, x: list[int], hover: list[str]) -> dict:
+    """Own (teacher-forced) error: red where outside tolerance, small grey where exact."""
     local = [lyr.local_max_abs for lyr in layers]
     bad = [lyr.local_status not in (None, "ok") for lyr in layers]
     zero = [v is not None and v == 0 for v in local]
-    color = [STATUS_COLORS["diverged"] if b else ("#c9ccd1" if z else LOCAL_COLOR) for b, z in zip(bad, zero)]
-    size = [11 if b else (4 if z else 7) for b, z in zip(bad, zero)]
-    return go.Scatter(
-        x=x, y=_on_log(local, floor), mode="markers", name="own (teacher-forced)",
-        marker={"color": color, "size": size, "symbol": "diamond", "line": {"width": 0.5, "color": "white"}},
-        customdata=x, hovertext=hover, hoverinfo="text",
-    )
-
-
-def _mark_layer(fig: go.Figure, lyr: LayerDiff | None, what: str, color: str) -> None:
-    if lyr is None:
-        return
-    fig.add_vline(x=lyr.order, line={"color": color, "width": 1.5, "dash": "dot"})
-    fig.add_annotation(x=lyr.order, y=0.98, yref="paper", yanchor="top", xanchor="left", xshift=4,
-                       showarrow=False, text=f"{what}: <b>{esc(lyr.label)}</b>", font={"color": color, "size": 11},
-                       bgcolor="rgba(255,255,255,0.85)")
+    return {
+        "type": "scatter", "x": x, "y": _on_log(local, floor), "mode": "markers", "name": "own (teacher-forced)",
+        "marker": {"color": [STATUS_COLORS["diverged"] if b else ("#c9ccd1" if z else LOCAL_COLOR)
+                             for b, z in zip(bad, zero)],
+                   "size": [11 if b else (4 if z else 7) for b, z in zip(bad, zero)],
+                   "symbol": "diamond", "line": {"width": 0.5, "color": "white"}},
+        "customdata": x, "hovertext": hover, "hoverinfo": "text",
+    }
 
 
 def _decade_ticks(lo: float, hi: float) -> dict:
     vals = list(range(int(math.floor(lo)), int(math.ceil(hi)) + 1))
-    step = max(1, len(vals) // 8)
-    vals = vals[::step]
+    vals = vals[:: max(1, len(vals) // 8)]
     return {"tickvals": vals, "ticktext": [f"1e{v}" for v in vals]}
 
 
-def histogram_figure(lyr: LayerDiff, which: str = "local", height: int = 280) -> go.Figure:
-    """Histogram of log10 |error| over every element of the layer's output."""
+def histogram_figure(lyr: LayerDiff, which: str = "local", height: int = 280) -> dict:
+    """Histogram of log10 |error| over every element of the layer's output, with the tolerance."""
     d, kind = detail_arrays(lyr, which)
+    n_exact = int(scalar(d.get("n_exact")))
     if "hist_counts" not in d:
-        n_exact = int(scalar(d.get("n_exact")))
         msg = f"every element matches exactly ({n_exact} elements)" if n_exact else "no error histogram recorded"
         return empty_figure(msg, height)
     edges = np.asarray(d["hist_edges"], dtype=float)
-    counts = np.asarray(d["hist_counts"])
-    centres = (edges[:-1] + edges[1:]) / 2
-    fig = go.Figure(go.Bar(
-        x=centres, y=counts, width=float(edges[1] - edges[0]), marker={"color": LOCAL_COLOR if kind == "local"
-                                                                       else PROPAGATED_COLOR},
-        customdata=np.stack([10 ** edges[:-1], 10 ** edges[1:]], axis=1),
-        hovertemplate="|error| %{customdata[0]:.1e} – %{customdata[1]:.1e}<br>%{y} elements<extra></extra>",
-    ))
+    bar = {
+        "type": "bar", "x": _f32((edges[:-1] + edges[1:]) / 2), "y": np.asarray(d["hist_counts"], dtype=np.int32),
+        "width": float(edges[1] - edges[0]), "marker": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR},
+        "customdata": _f32(np.stack([10 ** edges[:-1], 10 ** edges[1:]], axis=1)),
+        "hovertemplate": "|error| %{customdata[0]:.1e} – %{customdata[1]:.1e}<br>%{y} elements<extra></extra>",
+    }
+    shapes, notes = [], []
     if lyr.atol == lyr.atol and lyr.atol > 0:
-        fig.add_vline(x=math.log10(lyr.atol), line={"color": TOL_COLOR, "dash": "dash"},
-                      annotation_text="atol", annotation_font={"color": TOL_COLOR, "size": 11})
-    n_exact = int(scalar(d.get("n_exact")))
-    fig.update_xaxes(title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1]), gridcolor=GRID)
-    fig.update_yaxes(title="elements", gridcolor=GRID)
+        shapes.append(_vline(math.log10(lyr.atol), TOL_COLOR, dash="dash"))
+        notes.append(_note("atol", TOL_COLOR, x=math.log10(lyr.atol), y=1, yref="paper", yanchor="bottom"))
     extra = f", {n_exact} exact" if n_exact else ""
-    return _layout(fig, f"Error distribution ({kind}{extra})", height=height, bargap=0.05)
+    layout = _layout(f"Error distribution ({kind}{extra})", height, bargap=0.05, shapes=shapes, annotations=notes,
+                     xaxis=_axis(title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1])),
+                     yaxis=_axis(title="elements"))
+    return {"data": [bar], "layout": layout}
 
 
 def _log_grid(a: np.ndarray) -> tuple[np.ndarray, float, float]:
     a = np.asarray(a, dtype=float)
-    finite = a[np.isfinite(a) & (a > 0)]
-    lo = math.floor(math.log10(finite.min())) if finite.size else -12
-    z = np.log10(np.where(np.isfinite(a) & (a > 0), a, 10.0**lo))
+    ok = np.isfinite(a) & (a > 0)
+    lo = math.floor(math.log10(a[ok].min())) if ok.any() else -12
+    z = np.log10(np.where(ok, a, 10.0**lo))
     z = np.where(np.isfinite(a), z, np.nan)
     hi = max(float(np.nanmax(z)) if np.isfinite(z).any() else lo + 1, lo + 1)
     return z, float(lo), hi
 
 
-def heatmap_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> go.Figure:
-    """Max |error| over positions x channels (leading axes flattened, max-pooled)."""
+def heatmap_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> dict:
+    """Max |error| over positions x channels (leading axes flattened, max-pooled), log colour scale."""
     d, kind = detail_arrays(lyr, which)
     if "heatmap" not in d:
         return empty_figure("no heatmap recorded for this layer", height)
     hm = np.asarray(d["heatmap"], dtype=float)
-    shape = tuple(int(s) for s in d.get("shape", ()))
+    shape = tuple(int(s) for s in np.asarray(d.get("shape", hm.shape)).ravel())
     z, lo, hi = _log_grid(hm)
     n_pos = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     n_ch = shape[-1] if shape else hm.shape[1]
-    fig = go.Figure(go.Heatmap(
-        z=z.astype(np.float32), zmin=lo, zmax=hi, colorscale="Inferno", reversescale=False,
-        colorbar={"title": {"text": "|err|", "side": "right"}, "thickness": 12, **_decade_ticks(lo, hi)},
-        hovertemplate="position bin %{y}, channel bin %{x}<br>log10 max |error| %{z:.2f}<extra></extra>",
-    ))
+    trace = {
+        "type": "heatmap", "z": _f32(z), "zmin": lo, "zmax": hi, "colorscale": INFERNO,
+        "colorbar": {"title": {"text": "|err|", "side": "right"}, "thickness": 12, **_decade_ticks(lo, hi)},
+        "hovertemplate": "position bin %{y}, channel bin %{x}<br>log10 max |error| %{z:.2f}<extra></extra>",
+    }
     pooled = " (max-pooled)" if hm.shape != (n_pos, n_ch) else ""
-    fig.update_xaxes(title=f"channels: last axis, {n_ch}{pooled}", showgrid=False)
-    fig.update_yaxes(title=f"positions: {n_pos}", autorange="reversed", showgrid=False)
-    return _layout(fig, f"Where the error is ({kind}, shape {shape})", height=height)
+    layout = _layout(f"Where the error is ({kind}, shape {shape})", height,
+                     xaxis=_axis(title=f"channels: last axis, {n_ch}{pooled}", showgrid=False),
+                     yaxis=_axis(title=f"positions: {n_pos}", autorange="reversed", showgrid=False))
+    return {"data": [trace], "layout": layout}
 
 
-def profile_figure(lyr: LayerDiff, which: str = "local", height: int = 260) -> go.Figure:
+def profile_figure(lyr: LayerDiff, which: str = "local", height: int = 250) -> dict:
     """Per-channel max |error| (last axis), log scale, with the tolerance line."""
     d, kind = detail_arrays(lyr, which)
     if "profile" not in d:
         return empty_figure("no per-channel profile recorded", height)
     prof = np.asarray(d["profile"], dtype=float)
-    floor = _floor(prof.tolist(), lyr.atol if lyr.atol == lyr.atol else 1e-5)
+    atol = lyr.atol if lyr.atol == lyr.atol else 1e-5
+    floor = _floor(prof.tolist(), atol)
     y = np.where(np.isfinite(prof), np.maximum(prof, floor), np.nan)
-    fig = go.Figure(go.Scatter(
-        x=np.arange(prof.size), y=y.astype(np.float32), mode="lines", fill="tozeroy",
-        line={"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "width": 1.2},
-        hovertemplate="channel %{x}<br>max |error| %{y:.2e}<extra></extra>",
-    ))
-    if lyr.atol == lyr.atol and lyr.atol > 0:
-        fig.add_hline(y=lyr.atol, line={"color": TOL_COLOR, "dash": "dash", "width": 1})
-    fig.update_yaxes(type="log", title="max |error|", exponentformat="power", dtick=1, gridcolor=GRID)
-    fig.update_xaxes(title="channel" + (" (max-pooled)" if prof.size == 256 else ""), gridcolor=GRID)
-    return _layout(fig, f"Per-channel max error ({kind})", height=height)
+    trace = {
+        "type": "scatter", "y": _f32(y), "mode": "lines",  # x defaults to the channel index
+        "fill": "tozeroy", "line": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "width": 1.2},
+        "hovertemplate": "channel %{x}<br>max |error| %{y:.2e}<extra></extra>",
+    }
+    pooled = " (max-pooled)" if prof.size == 256 else ""
+    layout = _layout(f"Per-channel max error ({kind})", height, shapes=[_hline(atol, TOL_COLOR)],
+                     xaxis=_axis(title="channel (last axis)" + pooled),
+                     yaxis=_axis(title="max |error|", type="log", exponentformat="power", dtick=1))
+    return {"data": [trace], "layout": layout}
 
 
-def scatter_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> go.Figure:
-    """Sampled elements: port against reference, and the difference against reference."""
+def scatter_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> dict:
+    """Sampled elements: port against reference, and port − reference against reference with the tolerance band."""
     d, kind = detail_arrays(lyr, which)
     if "scatter_ref" not in d:
         return empty_figure("no sample recorded for this layer", height)
     r = np.asarray(d["scatter_ref"], dtype=float)
     p = np.asarray(d["scatter_port"], dtype=float)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
-                        subplot_titles=("port vs reference", "port − reference vs reference"))
-    color = LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR
-    marker = {"size": 4, "color": color, "opacity": 0.75}
-    fig.add_trace(go.Scatter(x=r.astype(np.float32), y=p.astype(np.float32), mode="markers", marker=marker,
-                             hovertemplate="ref %{x:.5g}<br>port %{y:.5g}<extra></extra>"), 1, 1)
+    marker = {"size": 4, "color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "opacity": 0.75}
+    data = [
+        {"type": "scatter", "x": _f32(r), "y": _f32(p), "mode": "markers", "marker": marker,
+         "hovertemplate": "ref %{x:.5g}<br>port %{y:.5g}<extra></extra>"},
+        {"type": "scatter", "x": _f32(r), "y": _f32(p - r), "mode": "markers", "marker": marker,
+         "xaxis": "x2", "yaxis": "y2", "hovertemplate": "ref %{x:.5g}<br>port − ref %{y:.2e}<extra></extra>"},
+    ]
     finite = np.isfinite(r)
     if finite.any():
         lo, hi = float(r[finite].min()), float(r[finite].max())
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", hoverinfo="skip",
-                                 line={"color": "#adb5bd", "dash": "dot", "width": 1}), 1, 1)
+        data.append({"type": "scatter", "x": [lo, hi], "y": [lo, hi], "mode": "lines", "hoverinfo": "skip",
+                     "line": {"color": "#adb5bd", "dash": "dot", "width": 1}})
         grid = np.linspace(lo, hi, 41)
-        band = (lyr.atol if lyr.atol == lyr.atol else 0.0) + (lyr.rtol if lyr.rtol == lyr.rtol else 0.0) * np.abs(grid)
+        atol = lyr.atol if lyr.atol == lyr.atol else 0.0
+        band = atol + (lyr.rtol if lyr.rtol == lyr.rtol else 0.0) * np.abs(grid)
         for sign in (1, -1):
-            fig.add_trace(go.Scatter(x=grid.astype(np.float32), y=(sign * band).astype(np.float32), mode="lines",
-                                     hoverinfo="skip", line={"color": TOL_COLOR, "dash": "dash", "width": 1}), 1, 2)
-    fig.add_trace(go.Scatter(x=r.astype(np.float32), y=(p - r).astype(np.float32), mode="markers", marker=marker,
-                             hovertemplate="ref %{x:.5g}<br>port − ref %{y:.2e}<extra></extra>"), 1, 2)
-    fig.update_xaxes(title="reference value", gridcolor=GRID)
-    fig.update_yaxes(gridcolor=GRID)
-    fig.update_yaxes(title="port value", row=1, col=1)
-    fig.update_yaxes(title="port − ref", exponentformat="power", row=1, col=2)
-    for a in fig.layout.annotations:
-        a.font = {"size": 12}
-    return _layout(fig, f"Sampled elements ({kind}, {r.size} points; tolerance band dashed)", height=height)
+            data.append({"type": "scatter", "x": _f32(grid), "y": _f32(sign * band), "mode": "lines",
+                         "xaxis": "x2", "yaxis": "y2", "hoverinfo": "skip",
+                         "line": {"color": TOL_COLOR, "dash": "dash", "width": 1}})
+    heads = [{"text": t, "x": x, "xref": "paper", "y": 1.0, "yref": "paper", "yanchor": "bottom",
+              "showarrow": False, "font": {"size": 12}} for t, x in
+             (("port vs reference", 0.2), ("port − reference vs reference", 0.8))]
+    layout = _layout(f"Sampled elements ({kind}, {r.size} points; tolerance band dashed)", height,
+                     annotations=heads, margin={"l": 60, "r": 20, "t": 60, "b": 48},
+                     xaxis=_axis(title="reference value", domain=[0, 0.42]),
+                     yaxis=_axis(title="port value"),
+                     xaxis2=_axis(title="reference value", domain=[0.58, 1], anchor="y2"),
+                     yaxis2=_axis(title="port − ref", anchor="x2", exponentformat="power"))
+    return {"data": data, "layout": layout}
 
 
-def detail_figures(lyr: LayerDiff, which: str = "local") -> dict[str, go.Figure]:
+def detail_figures(lyr: LayerDiff, which: str = "local") -> dict[str, dict]:
     """All figures of a layer's detail view, keyed ``hist``, ``heatmap``, ``profile``, ``scatter``."""
     return {
         "hist": histogram_figure(lyr, which),

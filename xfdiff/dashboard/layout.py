@@ -7,6 +7,8 @@ markup, so Dash escapes it. Figures come from :mod:`.figures`, text from
 
 from __future__ import annotations
 
+from importlib import resources
+
 import dash_ag_grid as dag
 from dash import dcc, html
 
@@ -18,62 +20,9 @@ from . import tables as T
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 SMALL_GRAPH_CONFIG = {"displayModeBar": False}
 
-CSS = """
-body{margin:0;background:#f4f5f7;font-family:%(font)s;color:#1f2328;font-size:14px}
-.xf-page{max-width:1680px;margin:0 auto;padding:14px 22px 40px}
-.xf-header{display:flex;align-items:baseline;gap:16px;flex-wrap:wrap;margin-bottom:10px}
-.xf-logo{font-weight:700;font-size:20px;letter-spacing:-.3px}
-.xf-logo span{color:#e8590c}
-.xf-sub{color:#57606a}
-.xf-spacer{flex:1}
-.xf-btn{border:1px solid #d0d7de;background:#fff;border-radius:6px;padding:5px 11px;cursor:pointer;font-size:13px}
-.xf-btn:hover{background:#f3f4f6}
-.xf-card{background:#fff;border:1px solid #e1e4e8;border-radius:10px;padding:14px 16px;margin-bottom:14px}
-.xf-verdict{display:flex;align-items:center;gap:18px;border-left:6px solid #2e7d32}
-.xf-verdict.diverged{border-left-color:#c62828;background:#fff7f7}
-.xf-verdict.outside{border-left-color:#ef6c00;background:#fffaf3}
-.xf-verdict.ok{background:#f5fbf6}
-.xf-headline{font-size:19px;font-weight:650}
-.xf-verdict-detail{color:#444;margin-top:4px}
-.xf-stats{display:flex;gap:10px;flex-wrap:wrap;margin-bottom:14px}
-.xf-stat{background:#fff;border:1px solid #e1e4e8;border-radius:10px;padding:8px 14px;min-width:120px}
-.xf-stat b{display:block;font-size:20px}
-.xf-stat span{color:#57606a;font-size:12px}
-.xf-h{font-size:15px;font-weight:650;margin:0 0 8px}
-.xf-finding{border:1px solid #f0c36d;background:#fffbeb;border-radius:8px;padding:10px 12px;margin-bottom:8px}
-.xf-finding .pid{font-family:ui-monospace,Menlo,Consolas,monospace;font-weight:700;color:#9a3412}
-.xf-finding .where{font-family:ui-monospace,Menlo,Consolas,monospace;color:#444}
-.xf-finding .fix{margin-top:6px}
-.xf-finding .fix b{color:#2b8a3e}
-.xf-ev{font-size:12px;color:#444;margin-top:6px;border-collapse:collapse}
-.xf-ev td{padding:1px 10px 1px 0;font-family:ui-monospace,Menlo,Consolas,monospace}
-.xf-link{background:none;border:none;color:#1c7ed6;cursor:pointer;padding:0;font-size:13px;text-decoration:underline}
-.xf-cols{display:grid;grid-template-columns:minmax(0,1.1fr) minmax(0,1fr);gap:14px;align-items:start}
-.xf-sticky{position:sticky;top:8px}
-@media (max-width:1100px){.xf-cols{grid-template-columns:1fr}}
-.xf-filters{display:flex;gap:14px;align-items:center;flex-wrap:wrap;margin-bottom:8px}
-.xf-filters input[type=text]{padding:5px 8px;border:1px solid #d0d7de;border-radius:6px;min-width:220px}
-.xf-filters label{margin-right:8px;font-size:13px}
-.xf-muted{color:#57606a;font-size:12px}
-.xf-detail-head{display:flex;align-items:center;gap:10px;flex-wrap:wrap}
-.xf-detail-title{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:16px;font-weight:650;word-break:break-all}
-.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:12px;font-weight:600;color:#fff}
-.st-ok{background:#2e7d32}.st-diverged{background:#c62828}.st-nonfinite{background:#6a1b9a}
-.st-shape_mismatch{background:#ef6c00}.st-unmatched{background:#757575}
-.xf-facts{border-collapse:collapse;width:100%%;margin:8px 0;font-size:13px}
-.xf-facts td{padding:3px 8px;border-bottom:1px solid #f0f1f3;vertical-align:top}
-.xf-facts td:first-child{color:#57606a;white-space:nowrap;width:1%%}
-.xf-facts td:last-child{font-family:ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
-.xf-figs{display:grid;grid-template-columns:1fr 1fr;gap:6px}
-.xf-figs .wide{grid-column:1 / span 2}
-.xf-worst{border-collapse:collapse;font-size:12px;font-family:ui-monospace,Menlo,Consolas,monospace}
-.xf-worst th,.xf-worst td{padding:2px 10px;text-align:right;border-bottom:1px solid #f0f1f3}
-.xf-worst th{color:#57606a;font-weight:600}
-.xf-um{display:grid;grid-template-columns:1fr 1fr;gap:14px}
-.xf-um table{border-collapse:collapse;width:100%%;font-size:12px}
-.xf-um td,.xf-um th{padding:3px 8px;border-bottom:1px solid #f0f1f3;text-align:left;vertical-align:top}
-.xf-um td:first-child{font-family:ui-monospace,Menlo,Consolas,monospace}
-""" % {"font": F.FONT}
+def css() -> str:
+    """The stylesheet shared by the dashboard and the HTML report."""
+    return (resources.files("xfdiff") / "assets" / "xfdiff.css").read_text(encoding="utf-8")
 
 
 def build_layout(report: Report, selected: int | None) -> html.Div:
@@ -186,19 +135,20 @@ def _status_style() -> dict:
 
 
 COLUMN_DEFS = [
-    {"field": "order", "headerName": "#", "width": 58, "type": "rightAligned", "filter": "agNumberColumnFilter"},
-    {"field": "status", "headerName": "status", "width": 96, "cellStyle": _status_style()},
-    {"field": "own", "headerName": "own", "width": 84, "cellStyle": _status_style(),
-     "headerTooltip": "status of the layer's own (teacher-forced) error"},
-    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 170, "filter": "agTextColumnFilter",
+    {"field": "order", "headerName": "#", "width": 54, "type": "rightAligned", "filter": "agNumberColumnFilter"},
+    {"field": "status", "headerName": "status", "width": 88, "cellStyle": _status_style(),
+     "headerTooltip": "propagated error within tolerance?"},
+    {"field": "own", "headerName": "own", "width": 88, "cellStyle": _status_style(),
+     "headerTooltip": "the layer's own (teacher-forced) error within tolerance?"},
+    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 150, "filter": "agTextColumnFilter",
      "tooltipField": "layer"},
-    {"field": "torch_type", "headerName": "torch", "width": 104, "filter": "agTextColumnFilter"},
-    {"field": "flax_type", "headerName": "flax", "width": 104, "filter": "agTextColumnFilter"},
-    _num_col("max_abs", "max |err|", 96),
-    _num_col("local_max_abs", "own |err|", 96),
+    {"field": "types", "headerName": "torch / flax", "width": 140, "filter": "agTextColumnFilter",
+     "tooltipField": "types"},
+    _num_col("max_abs", "max |err|", 92),
+    _num_col("local_max_abs", "own |err|", 92),
+    {"field": "shape", "headerName": "shape", "width": 110, "tooltipField": "shape"},
     _num_col("rel_l2", "rel L2", 90),
-    {"field": "shape", "headerName": "shape", "width": 116},
-    {"field": "layout", "headerName": "layout", "width": 96, "hide": False},
+    {"field": "layout", "headerName": "layout", "width": 96},
 ]
 
 

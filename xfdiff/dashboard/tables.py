@@ -15,11 +15,6 @@ import numpy as np
 from ..report import Finding, LayerDiff, Report
 from .figures import detail_arrays, sci
 
-GRID_FIELDS = (
-    "order", "status", "own", "layer", "torch_type", "flax_type", "max_abs", "local_max_abs",
-    "rel_l2", "cosine", "shape", "layout", "match",
-)
-
 
 @dataclass
 class Verdict:
@@ -101,6 +96,7 @@ def layer_row(lyr: LayerDiff) -> dict:
         "layer": lyr.label,
         "torch_path": lyr.torch_path,
         "flax_path": lyr.flax_path,
+        "types": f"{lyr.torch_type or '?'} / {lyr.flax_type or '?'}",
         "torch_type": lyr.torch_type or "?",
         "flax_type": lyr.flax_type or "?",
         "max_abs": _num(lyr.max_abs),

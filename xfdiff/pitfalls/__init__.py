@@ -32,6 +32,7 @@ from .boundary import boundary_findings  # noqa: E402
 from .environment import ENV_IDS, environment_checks  # noqa: E402
 
 BOUNDARY_ID = "boundary_shift"
+GLOBAL_IDS = ("x64_disabled", "dropout_active", "bf16_matmul", "tf32_matmul")  # one setting behind every layer
 
 
 def pitfall_ids() -> list[str]:
@@ -64,8 +65,14 @@ def diagnose(ev: Any, report: Any) -> list[Finding]:
     findings: list[Finding] = []
     for row in rows:
         f = _diagnose_row(ev, row)
-        if f is not None:
-            findings.append(f)
+        if f is None:
+            continue
+        first = next((g for g in findings if g.pitfall == f.pitfall), None)
+        if first is not None and f.pitfall in GLOBAL_IDS:
+            # one setting, many layers: report it once, at the first layer it shows
+            first.evidence.setdefault("also_at", []).append(row.layer.label)
+            continue
+        findings.append(f)
     return findings
 
 

@@ -185,24 +185,45 @@ def norm(x: np.ndarray, *, kind: str = "ln", eps: float = 1e-5, ddof: int = 0, e
 
 
 def _norm_fast(x, *, kind, eps, weight, bias, plus_one, axes):
-    """Flax's fast-variance path, evaluated with jax in float32 as the port does."""
-    import jax.numpy as jnp
+    """Flax's fast-variance path: the statistics in float32 under ``jax.jit`` as in the port, the rest in float64.
 
-    ax = tuple(range(-axes, 0))
-    xx = jnp.asarray(np.asarray(x, dtype=np.float32))
-    mu = jnp.mean(xx, axis=ax, keepdims=True)
-    mu2 = jnp.mean(jnp.square(xx), axis=ax, keepdims=True)
+    The cancellation error lives in ``E[x²] - E[x]²``; XLA's fused reductions
+    under jit round differently from eager ones, so the statistics are
+    computed the way a jitted port computes them.
+    """
+    mu, mu2 = _fast_stats(np.asarray(x, dtype=np.float32), axes)
+    xx = f64(x)
     if kind == "ln":
-        var = jnp.maximum(0.0, mu2 - jnp.square(mu))
-        y = (xx - mu) * jnp.asarray(1.0 / np.sqrt(np.asarray(var, np.float64) + eps), dtype=jnp.float32)
+        y = (xx - mu) / np.sqrt(np.maximum(mu2 - mu * mu, 0.0) + eps)
     else:
-        y = xx * jnp.asarray(1.0 / np.sqrt(np.asarray(mu2, np.float64) + eps), dtype=jnp.float32)
-    y = f64(np.asarray(y))
+        y = xx / np.sqrt(mu2 + eps)
     if weight is not None:
         y = y * (1.0 + f64(weight) if plus_one else f64(weight))
     if bias is not None:
         y = y + f64(bias)
     return y
+
+
+_FAST_STATS = {}
+
+
+def _fast_stats(x: np.ndarray, axes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(E[x], E[x²])`` in float32 from a jitted jax function; the subtraction is left to the caller."""
+    import jax
+    import jax.numpy as jnp
+
+    if axes not in _FAST_STATS:
+        ax = tuple(range(-axes, 0))
+
+        def stats(v):
+            mu = jnp.mean(v, axis=ax, keepdims=True)
+            mu2 = jnp.mean(v * v, axis=ax, keepdims=True)
+            return mu, mu2, jnp.maximum(0.0, mu2 - mu * mu)
+
+        _FAST_STATS[axes] = jax.jit(stats)
+    mu, mu2, var = (f64(np.asarray(a)) for a in _FAST_STATS[axes](x))
+    # return mu2 such that mu2 - mu*mu (in float64) equals the float32 variance the port saw
+    return mu, var + mu * mu
 
 
 def batchnorm(x: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float, weight=None, bias=None) -> np.ndarray:
