@@ -67,9 +67,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
-    """A plain headless Chromium (selenium) for pages that are not Dash apps."""
+    """A plain headless Chromium (selenium) for pages that are not Dash apps; one per test module."""
     from selenium import webdriver
 
     opts = chrome_options()

@@ -36,7 +36,9 @@ def test_report_from_disk_shows_first_divergence_and_detail(browser, demo_report
 def test_clicking_a_row_in_the_report_shows_that_layer(browser, demo_report, tmp_path):
     _open(browser, demo_report.to_html(tmp_path / "demo.html"))
     target = demo_report.layers[5]
-    browser.find_element(By.CSS_SELECTOR, '#xf-tbody tr[data-order="5"]').click()
+    row = browser.find_element(By.CSS_SELECTOR, '#xf-tbody tr[data-order="5"]')
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)  # clear of the sticky header
+    row.click()
     WebDriverWait(browser, 5).until(
         lambda d: target.label in d.find_element(By.ID, "xf-detail-title").text)
     assert f"{target.torch_type} / {target.flax_type}" in browser.find_element(By.ID, "xf-facts").text
