@@ -46,6 +46,7 @@ def chrome_options():
     return opts
 
 
+@pytest.hookimpl(optionalhook=True)  # the hook exists only where dash[testing] is installed
 def pytest_setup_options():
     """dash.testing hook: the webdriver options ``dash_duo`` starts Chromium with."""
     return chrome_options()

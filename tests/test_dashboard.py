@@ -8,6 +8,8 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from conftest import EVIL
+from plotly.utils import PlotlyJSONEncoder
 
 import xfdiff
 from xfdiff.dashboard import callbacks as C
@@ -15,8 +17,6 @@ from xfdiff.dashboard import figures as F
 from xfdiff.dashboard import ids
 from xfdiff.dashboard import tables as T
 from xfdiff.report import Finding, LayerDiff, Report
-
-from conftest import EVIL
 
 
 def _plotly_json(fig: dict) -> str:
@@ -41,12 +41,19 @@ def test_depth_figure_is_log_scale_with_tolerance_and_first_divergence(demo_repo
 
 def test_depth_figure_puts_exact_zeros_on_a_floor_below_every_error(demo_report):
     fig = F.depth_figure(demo_report)
-    own = fig["data"][1]["y"]
+    own = {o: y for t in fig["data"] if t["name"].startswith("own") for o, y in zip(t["customdata"], t["y"], strict=True)}
+    assert set(own) == {lyr.order for lyr in demo_report.layers if lyr.local_max_abs is not None}
     positive = [lyr.local_max_abs for lyr in demo_report.layers if lyr.local_max_abs]
-    floor = min(y for y in own if y is not None)
+    floor = min(own.values())
     assert floor < min(positive)
-    zeros = [i for i, lyr in enumerate(demo_report.layers) if lyr.local_max_abs == 0]
-    assert zeros and all(own[i] == floor for i in zeros)
+    zeros = [lyr.order for lyr in demo_report.layers if lyr.local_max_abs == 0]
+    assert zeros and all(own[o] == floor for o in zeros)
+
+
+def test_depth_figure_draws_own_error_outside_tolerance_as_its_own_trace(demo_report):
+    fig = F.depth_figure(demo_report)
+    bad = next(t for t in fig["data"] if t["name"] == "own error outside tolerance")
+    assert bad["customdata"] == [lyr.order for lyr in demo_report.layers if lyr.local_status == "diverged"]
 
 
 def test_depth_figure_marks_a_selected_layer_separately(demo_report):
@@ -136,7 +143,7 @@ def test_worst_elements_are_valid_indices_sorted_by_error(demo_report):
     assert diffs == sorted(diffs, reverse=True)
     for w in worst:
         idx = eval(w["index"], {})  # "(1, 5, 87)": a tuple literal made by tables.worst_elements
-        assert len(idx) == len(shape) and all(0 <= i < s for i, s in zip(idx, shape))
+        assert len(idx) == len(shape) and all(0 <= i < s for i, s in zip(idx, shape, strict=True))
 
 
 def test_layer_facts_cover_paths_types_shapes_dtypes_and_layout(demo_report):
@@ -164,11 +171,11 @@ def test_selection_follows_grid_plot_button_and_finding_link(demo_report):
 
 
 def test_detail_callback_shows_the_selected_layer(demo_report):
-    values = dict(zip(C.DETAIL_OUTPUTS, C.detail_values(demo_report, 3, "local")))
-    title = json.dumps(values[ids.DETAIL_TITLE], default=lambda c: c.to_plotly_json())
+    values = dict(zip(C.DETAIL_OUTPUTS, C.detail_values(demo_report, 3, "local"), strict=True))
+    title = json.dumps(values[ids.DETAIL_TITLE], cls=PlotlyJSONEncoder)
     assert demo_report.layers[3].label in title
     assert values[ids.FIG_HIST]["layout"]["title"]["text"].startswith("Error distribution")
-    empty = dict(zip(C.DETAIL_OUTPUTS, C.detail_values(demo_report, None, "local")))
+    empty = dict(zip(C.DETAIL_OUTPUTS, C.detail_values(demo_report, None, "local"), strict=True))
     assert empty[ids.DETAIL_TITLE] == "No layer selected"
 
 
@@ -193,7 +200,7 @@ def test_download_payloads_are_a_loadable_report_and_html(demo_report, tmp_path)
 def test_create_app_accepts_a_report_or_a_saved_file(demo_report, demo_file):
     for source in (demo_report, demo_file):
         app = xfdiff.dashboard.create_app(source)
-        layout = json.dumps(app.layout, default=lambda c: c.to_plotly_json())
+        layout = json.dumps(app.layout, cls=PlotlyJSONEncoder)
         assert demo_report.first_divergence.label in layout
         assert app.config.title if hasattr(app.config, "title") else True
 
@@ -244,3 +251,39 @@ def _children(c):
     if kids is None:
         return []
     return kids if isinstance(kids, (list, tuple)) else [kids]
+
+
+def test_views_handle_empty_nonfinite_and_mismatched_rows(tmp_path):
+    from xfdiff.html_export import report_html
+    from xfdiff.metrics import error_detail
+
+    ref = np.linspace(-2, 2, 64, dtype=np.float32).reshape(4, 16)
+    port = ref.copy()
+    port[1, 3] = np.inf
+    bad = LayerDiff(torch_path="a", flax_path="a", order=0, max_abs=float("inf"), status="nonfinite",
+                    local_max_abs=float("nan"), atol=1e-5, rtol=1e-5, detail=error_detail(ref, port))
+    mismatch = LayerDiff(torch_path="b", flax_path="b", order=1, status="shape_mismatch",
+                         torch_shape=(2, 3), flax_shape=(3, 2))
+    report = Report(layers=[bad, mismatch], meta={"tolerance": {"atol": None, "rtol": None}})
+    for lyr in report.layers:
+        for fig in F.detail_figures(lyr, "propagated").values():
+            go.Figure(fig)
+    assert "→" in T.layer_row(mismatch)["shape"]
+    assert T.worst_elements(bad, "propagated")[0]["index"] == "(1, 3)"
+    xfdiff.dashboard.create_app(report)
+    page = report_html(report)
+    assert "NaN" not in page.split('id="xf-meta">')[1].split("</script>")[0]
+    empty = json.dumps(xfdiff.dashboard.create_app(Report()).layout, cls=PlotlyJSONEncoder)
+    assert "No divergence" in empty and "No aligned layers" in empty
+
+
+def test_serve_refuses_a_busy_port_with_a_clear_error(demo_report):
+    import socket
+
+    from xfdiff.errors import ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(ConfigError, match="Pick another port"):
+            xfdiff.serve(demo_report, port=s.getsockname()[1])

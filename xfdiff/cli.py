@@ -8,7 +8,6 @@ unreadable report file. Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -58,23 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _serve(report, host: str, port: int, open_browser: bool) -> int:
-    from .dashboard import serve
+    from .dashboard import port_free, serve
 
     if not 0 < port < 65536:
         raise _UsageError(f"--port must be between 1 and 65535, got {port}.")
-    if not _port_free(host, port):
+    if not port_free(host, port):  # checked before printing the URL; serve() checks again
         raise _UsageError(f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
                           f"Pick another port with --port, e.g. --port {port + 1}.")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

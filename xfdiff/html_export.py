@@ -186,11 +186,11 @@ def _findings_html(report: Report) -> str:
     for f in report.findings:
         goto = order_of.get(id(f))
         link = f' <button class="xf-link" data-goto="{goto}">show layer</button>' if goto is not None else ""
-        ev = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in T.evidence_items(f))
+        ev = "".join(f"<span><i>{esc(k)}</i>{esc(v)}</span>" for k, v in T.evidence_items(f))
         cards.append(
             f'<div class="xf-finding"><div><span class="pid">{esc(f.pitfall)}</span> at '
             f'<span class="where">{esc(T.finding_where(f))}</span>{link}</div><div>{esc(f.message)}</div>'
-            + (f'<table class="xf-ev">{ev}</table>' if ev else "")
+            + (f'<div class="xf-ev">{ev}</div>' if ev else "")
             + (f'<div class="fix"><b>Fix: </b>{esc(f.fix)}</div>' if f.fix else "") + "</div>")
     return f'<div class="xf-card" id="xf-findings"><div class="xf-h">Findings ({len(report.findings)})</div>{"".join(cards)}</div>'
 

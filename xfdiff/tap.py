@@ -44,7 +44,7 @@ def set_recorder(recorder: Any) -> Any:
     return prev
 
 
-def tap(path: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+def tap(path: str, value: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Identity on ``value`` (or call ``value(*args, **kwargs)``), recorded under ``path`` while xfdiff captures.
 
     Args:

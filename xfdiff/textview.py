@@ -57,6 +57,14 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
         for f in report.findings:
             where = f.torch_path if f.torch_path is not None else f.flax_path
             lines.append(f"  [{f.pitfall}] at {where}: {f.message}")
+            ev = f.evidence or {}
+            facts = [f"explains {100 * ev['explained']:.2f}% of the error" if isinstance(ev.get("explained"), float) else ""]
+            facts += [f"{k} = {v:.4g}" for k, v in ev.items()
+                      if (k.startswith(("port_", "recovered", "reference_")) or k in ("rate", "scale", "offset"))
+                      and isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
+            facts = [x for x in facts if x]
+            if facts:
+                lines.append("      evidence: " + ", ".join(facts))
             if f.fix:
                 lines.append(f"      fix: {f.fix}")
     bad = [lyr for lyr in report.layers if lyr.status != "ok"]

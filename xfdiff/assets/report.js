@@ -82,9 +82,7 @@
     const head = el("div", "", el("span", "pid", f.pitfall), " at ", el("span", "where", f.where));
     const card = el("div", "xf-finding", head, el("div", "", f.message));
     if (f.evidence.length) {
-      const t = el("table", "xf-ev");
-      for (const [k, v] of f.evidence) t.append(el("tr", "", el("td", "", k), el("td", "", v)));
-      card.append(t);
+      card.append(el("div", "xf-ev", ...f.evidence.map(([k, v]) => el("span", "", el("i", "", k), v))));
     }
     if (f.fix) card.append(el("div", "fix", el("b", "", "Fix: "), f.fix));
     return card;
@@ -183,6 +181,7 @@
     plot("xf-depth", meta.depth, CONFIG);
     $("xf-depth").on("plotly_click", (ev) => select(ev.points[0].customdata, true));
     select(state.selected, true);
+    document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "1";
   }
 

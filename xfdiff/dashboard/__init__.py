@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import threading
 import warnings
 import webbrowser
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..report import Report
 
-__all__ = ["create_app", "serve", "load_any"]
+__all__ = ["create_app", "load_any", "port_free", "serve"]
 
 _INDEX = """<!DOCTYPE html>
 <html>
@@ -88,6 +89,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """True when a server could listen on ``host:port`` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
           open_browser: bool = False, debug: bool = False, **run_kwargs: Any):
     """Serve the dashboard until interrupted (Ctrl-C).
@@ -102,7 +115,17 @@ def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", p
 
     Returns:
         Whatever ``app.run`` returns (nothing in a terminal; it blocks).
+
+    Raises:
+        ConfigError: the port is out of range, in use, or ``host`` is not an address of this machine.
     """
+    from ..errors import ConfigError
+
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {port}.")
+    if not port_free(host, port):
+        raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
+                          f"Pick another port, e.g. port={port + 1} (--port {port + 1}).")
     app = create_app(report_or_path)
     if not _is_loopback(host):
         warnings.warn(f"xfdiff: the dashboard binds {host}, so other machines can reach it. "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, no_update
+from dash import ALL, Dash, Input, Output, Patch, State, ctx, dcc, no_update
 
 from ..report import Report
 from . import figures as F
@@ -49,38 +49,50 @@ def table_values(rows: list[dict], statuses, own_only, search) -> tuple[list[dic
     return shown, f"{len(shown)} of {len(rows)} rows"
 
 
+def depth_marks(report: Report, order) -> Patch:
+    """A partial update of the depth plot: only its marker lines and labels move with the selection."""
+    layout = F.depth_figure(report, order)["layout"]
+    patch = Patch()
+    patch["layout"]["shapes"] = layout.get("shapes", [])
+    patch["layout"]["annotations"] = layout.get("annotations", [])
+    return patch
+
+
 def register(app: Dash, report: Report) -> None:
-    """Attach every callback of the dashboard for ``report`` to ``app``."""
+    """Attach every callback of the dashboard for ``report`` to ``app``.
+
+    Selection and detail are one callback, so a click costs one round trip:
+    it sets the selection, highlights the table row, moves the depth plot's
+    marker (a partial update) and fills the detail view.
+    """
     rows = T.layer_rows(report)
+    figure_ids = {ids.FIG_HIST, ids.FIG_HEATMAP, ids.FIG_PROFILE, ids.FIG_SCATTER}
 
     @app.callback(
         Output(ids.SELECTED, "data"),
         Output(ids.GRID, "selectedRows"),
         Output(ids.GRID, "scrollTo"),
+        Output(ids.DEPTH, "figure"),
+        *[Output(k, "figure" if k in figure_ids else "children") for k in DETAIL_OUTPUTS],
         Input(ids.GRID, "cellClicked"),
         Input(ids.DEPTH, "clickData"),
         Input(ids.GOTO_FIRST, "n_clicks"),
         Input({"type": ids.GOTO, "order": ALL}, "n_clicks"),
+        Input(ids.VARIANT, "value"),
         State(ids.SELECTED, "data"),
-        prevent_initial_call=True,
+        prevent_initial_call=True,  # the page is built with the first detail in place
     )
-    def _select(cell, click, _first, _links, current):
-        if isinstance(ctx.triggered_id, dict) and not any(t.get("value") for t in ctx.triggered):
-            return no_update, no_update, no_update  # a finding link was (re)rendered, not clicked
-        order = selection_from(report, ctx.triggered_id, cell, click, current)
-        if order is None or (order == current and ctx.triggered_id == ids.GRID):
-            return no_update, no_update, no_update
-        scroll = no_update if ctx.triggered_id == ids.GRID else {"rowId": str(order), "rowPosition": "middle"}
-        return order, {"ids": [str(order)]}, scroll
-
-    @app.callback(*[Output(k, "children" if not k.startswith("xf-fig") else "figure") for k in DETAIL_OUTPUTS],
-                  Input(ids.SELECTED, "data"), Input(ids.VARIANT, "value"))
-    def _detail(order, which):
-        return detail_values(report, order, which)
-
-    @app.callback(Output(ids.DEPTH, "figure"), Input(ids.SELECTED, "data"), prevent_initial_call=True)
-    def _depth(order):
-        return F.depth_figure(report, order)
+    def _select(cell, click, _first, _links, which, current):
+        trigger = ctx.triggered_id
+        unchanged = [no_update] * (4 + len(DETAIL_OUTPUTS))
+        if isinstance(trigger, dict) and not any(t.get("value") for t in ctx.triggered):
+            return unchanged  # a finding link was rendered, not clicked
+        order = selection_from(report, trigger, cell, click, current)
+        detail = detail_values(report, order, which)
+        if trigger == ids.VARIANT or order == current:
+            return [no_update] * 4 + detail
+        scroll = no_update if trigger == ids.GRID else {"rowId": str(order), "rowPosition": "middle"}
+        return [order, {"ids": [str(order)]}, scroll, depth_marks(report, order), *detail]
 
     @app.callback(Output(ids.GRID, "rowData"), Output(ids.ROW_COUNT, "children"),
                   Input(ids.STATUS_FILTER, "value"), Input(ids.OWN_ONLY, "value"), Input(ids.SEARCH, "value"),

@@ -34,7 +34,11 @@ def build_layout(report: Report, selected: int | None) -> html.Div:
         findings_panel(report),
         html.Div(className="xf-card", children=dcc.Graph(
             id=ids.DEPTH, figure=F.depth_figure(report, selected), config=GRAPH_CONFIG)),
-        html.Div(className="xf-cols", children=[table_section(report, selected), detail_section()]),
+        html.Div(className="xf-cols", children=[
+            table_section(report, selected),
+            # The first detail is part of the page, so the first view needs no callback round trip.
+            detail_section(detail_parts(report, report.layers[selected] if selected is not None else None, "local")),
+        ]),
         unmatched_section(report),
         notes_section(report),
         dcc.Store(id=ids.SELECTED, data=selected),
@@ -98,7 +102,7 @@ def finding_card(f: Finding, goto: int | None = None) -> html.Div:
     body = [html.Div(head), html.Div(f.message)]
     ev = T.evidence_items(f)
     if ev:
-        body.append(html.Table(className="xf-ev", children=[html.Tr([html.Td(k), html.Td(v)]) for k, v in ev]))
+        body.append(html.Div(className="xf-ev", children=[html.Span([html.I(k), v]) for k, v in ev]))
     if f.fix:
         body.append(html.Div(className="fix", children=[html.B("Fix: "), f.fix]))
     return html.Div(className="xf-finding", children=body)
@@ -122,7 +126,7 @@ def findings_panel(report: Report) -> html.Div:
 
 def _num_col(field: str, header: str, width: int = 100) -> dict:
     return {
-        "field": field, "headerName": header, "width": width, "type": "rightAligned", "filter": "agNumberColumnFilter",
+        "field": field, "headerName": header, "width": width, "type": "rightAligned",
         "valueFormatter": {"function": "params.value == null ? '—' : (params.value === 0 ? '0' : "
                                        "Number(params.value).toExponential(2))"},
     }
@@ -135,14 +139,14 @@ def _status_style() -> dict:
 
 
 COLUMN_DEFS = [
-    {"field": "order", "headerName": "#", "width": 54, "type": "rightAligned", "filter": "agNumberColumnFilter"},
+    {"field": "order", "headerName": "#", "width": 54, "type": "rightAligned"},
     {"field": "status", "headerName": "status", "width": 88, "cellStyle": _status_style(),
      "headerTooltip": "propagated error within tolerance?"},
     {"field": "own", "headerName": "own", "width": 88, "cellStyle": _status_style(),
      "headerTooltip": "the layer's own (teacher-forced) error within tolerance?"},
-    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 150, "filter": "agTextColumnFilter",
+    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 150,
      "tooltipField": "layer"},
-    {"field": "types", "headerName": "torch / flax", "width": 140, "filter": "agTextColumnFilter",
+    {"field": "types", "headerName": "torch / flax", "width": 136,
      "tooltipField": "types"},
     _num_col("max_abs", "max |err|", 92),
     _num_col("local_max_abs", "own |err|", 92),
@@ -157,13 +161,13 @@ def table_section(report: Report, selected: int | None) -> html.Div:
     statuses = sorted({r["status"] for r in rows}, key=list(F.STATUS_COLORS).index)
     grid = dag.AgGrid(
         id=ids.GRID, rowData=rows, columnDefs=COLUMN_DEFS,
-        defaultColDef={"sortable": True, "resizable": True, "filter": True},
+        defaultColDef={"sortable": True, "resizable": True},
         getRowId="params.data.rid",
         dashGridOptions={"rowSelection": {"mode": "singleRow", "checkboxes": False, "enableClickSelection": True},
                          "rowHeight": 30, "headerHeight": 34, "tooltipShowDelay": 400, "animateRows": False},
         selectedRows={"ids": [str(selected)]} if selected is not None else [],
         scrollTo={"rowId": str(selected), "rowPosition": "middle"} if selected is not None else None,
-        style={"height": "calc(100vh - 150px)", "minHeight": "420px", "width": "100%"},
+        style={"height": "min(calc(100vh - 150px), 640px)", "minHeight": "420px", "width": "100%"},
     )
     return html.Div(className="xf-card xf-sticky", children=[
         html.Div("Modules (aligned calls, execution order)", className="xf-h"),
@@ -179,25 +183,29 @@ def table_section(report: Report, selected: int | None) -> html.Div:
     ])
 
 
-def detail_section() -> html.Div:
-    graph = {"config": SMALL_GRAPH_CONFIG}
+def detail_section(parts: dict) -> html.Div:
+    """The detail card, filled with ``parts`` (see :func:`detail_parts`)."""
+
+    def graph(key: str) -> dcc.Graph:
+        return dcc.Graph(id=key, figure=parts[key], config=SMALL_GRAPH_CONFIG)
+
     return html.Div(id=ids.DETAIL, className="xf-card", children=[
         html.Div(className="xf-detail-head", children=[
-            html.Div(id=ids.DETAIL_TITLE, className="xf-detail-title"),
+            html.Div(parts[ids.DETAIL_TITLE], id=ids.DETAIL_TITLE, className="xf-detail-title"),
             html.Div(className="xf-spacer"),
             dcc.RadioItems(id=ids.VARIANT, value="local", inline=True, options=[
                 {"label": " own error (teacher-forced) ", "value": "local"},
                 {"label": " propagated error ", "value": "propagated"}]),
         ]),
-        html.Table(id=ids.FACTS, className="xf-facts"),
-        html.Div(id=ids.DETAIL_FINDINGS),
+        html.Table(parts[ids.FACTS], id=ids.FACTS, className="xf-facts"),
+        html.Div(parts[ids.DETAIL_FINDINGS], id=ids.DETAIL_FINDINGS),
         html.Div(className="xf-figs", children=[
-            dcc.Graph(id=ids.FIG_HIST, **graph), dcc.Graph(id=ids.FIG_HEATMAP, **graph),
-            html.Div(className="wide", children=dcc.Graph(id=ids.FIG_SCATTER, **graph)),
-            html.Div(className="wide", children=dcc.Graph(id=ids.FIG_PROFILE, **graph)),
+            graph(ids.FIG_HIST), graph(ids.FIG_HEATMAP),
+            html.Div(className="wide", children=graph(ids.FIG_SCATTER)),
+            html.Div(className="wide", children=graph(ids.FIG_PROFILE)),
         ]),
         html.Div("Worst elements", className="xf-h"),
-        html.Div(id=ids.WORST),
+        html.Div(parts[ids.WORST], id=ids.WORST),
     ])
 
 

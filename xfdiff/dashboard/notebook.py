@@ -41,7 +41,8 @@ def depth_svg(report: Report, width: int = 720, height: int = 200) -> str:
     vals = [v for v in F._on_log(prop + own, floor) if v is not None] + [atol, floor]
     hi = 10 ** math.ceil(math.log10(max(vals)))
     left, right, top, bottom = 52, width - 10, 12, height - 26
-    sx = (lambda o: left + o / max(len(layers) - 1, 1) * (right - left))
+    def sx(o):
+        return (left + o / max(len(layers) - 1, 1) * (right - left))
     sy = _scale_y(floor, hi, top, bottom)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'style="font-family:{F.FONT};font-size:10px;background:#fff">']
@@ -51,7 +52,8 @@ def depth_svg(report: Report, width: int = 720, height: int = 200) -> str:
         parts.append(f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{F.GRID}"/>'
                      f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" fill="#666">{label}</text>')
     parts.append(_atol_line(sy(atol), left, right, atol))
-    pts = " ".join(f"{sx(lyr.order):.1f},{sy(v):.1f}" for lyr, v in zip(layers, F._on_log(prop, floor)) if v)
+    line = zip(layers, F._on_log(prop, floor), strict=True)
+    pts = " ".join(f"{sx(lyr.order):.1f},{sy(v):.1f}" for lyr, v in line if v)
     parts.append(f'<polyline points="{pts}" fill="none" stroke="{F.PROPAGATED_COLOR}" stroke-width="1.4"/>')
     parts += _own_marks(layers, F._on_log(own, floor), sx, sy)
     fd = report.first_divergence
@@ -73,7 +75,7 @@ def _atol_line(y: float, left: float, right: float, atol: float) -> str:
 
 def _own_marks(layers, ys, sx, sy) -> list[str]:
     out = []
-    for lyr, v in zip(layers, ys):
+    for lyr, v in zip(layers, ys, strict=True):
         if v is None:
             continue
         bad = lyr.local_status not in (None, "ok")

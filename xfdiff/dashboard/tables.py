@@ -177,7 +177,8 @@ def worst_elements(lyr: LayerDiff, which: str = "local") -> list[dict]:
         return []
     shape = tuple(int(s) for s in d.get("shape", ()))
     out = []
-    for flat, r, p in zip(np.asarray(d["worst_index"]), np.asarray(d["worst_ref"]), np.asarray(d["worst_port"])):
+    triples = zip(np.asarray(d["worst_index"]), np.asarray(d["worst_ref"]), np.asarray(d["worst_port"]), strict=True)
+    for flat, r, p in triples:
         idx = tuple(int(i) for i in np.unravel_index(int(flat), shape)) if shape else (int(flat),)
         out.append({"index": str(idx), "ref": float(r), "port": float(p), "diff": float(p - r)})
     return out

@@ -60,8 +60,9 @@ class AttnSite:
             for attr, names in (("q", Q_NAMES), ("k", K_NAMES), ("v", V_NAMES)):
                 if last in names:
                     setattr(self, attr, s)
-        self.mask = next((s.ref for s in site.sources if s.name.startswith("input:") and _mask_like(s.ref)),
-                         None)
+        # Integer position inputs (HF ``position_ids``, ``cache_position``) look like masks but are not.
+        self.mask = next((s.ref for s in site.sources if s.name.startswith("input:") and _mask_like(s.ref)
+                          and "position" not in s.name.lower()), None)
         self.base = next((float(site.ref_cfg[k]) for k in BASE_KEYS if isinstance(site.ref_cfg.get(k), (int, float))),
                          10000.0)
 
