@@ -115,7 +115,7 @@ def reports(draw):
 
 
 def _same(a: Report, b: Report) -> bool:
-    for x, y in zip(a.layers, b.layers):
+    for x, y in zip(a.layers, b.layers, strict=True):
         dx, dy = x.scalar_dict(), y.scalar_dict()
         for k in dx:
             vx, vy = dx[k], dy[k]

@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("flax")
 
-import xfdiff  # noqa: E402
 from toy_models import pair  # noqa: E402
+
+import xfdiff  # noqa: E402
 
 
 def test_clean_port_has_no_divergence():

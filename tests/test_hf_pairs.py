@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-import xfdiff  # noqa: E402
 from hf_pairs import make_pair  # noqa: E402
+
+import xfdiff  # noqa: E402
 
 pytestmark = pytest.mark.hf
 

@@ -441,7 +441,7 @@ def _localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
         port_rec = row.flax if ref_is_torch else row.torch
         port_row[port_rec.key] = row
     gaps = []
-    for row, m in zip(ev.rows, maps):
+    for row, m in zip(ev.rows, maps, strict=True):
         lyr = row.layer
         ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
         lrec = local_by_key.get(call_key(port_rec.path, port_rec.call_index))

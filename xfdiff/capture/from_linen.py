@@ -303,7 +303,7 @@ class LinenSide:
         def run(variables, dyn, svals):
             statics.clear()  # a (re)trace records the call structure afresh
             full = list(leaves)
-            for i, x in zip(dyn_idx, dyn):
+            for i, x in zip(dyn_idx, dyn, strict=True):
                 full[i] = x
             args, kwargs = jax.tree_util.tree_unflatten(treedef, full)
             captured: list = []
@@ -369,7 +369,7 @@ class LinenSide:
         trace = Trace(side="flax", framework="linen")
         if on_call is not None:
             captured = [({}, {}, {})] * len(statics)  # the values went to on_call
-        for order, ((path, idx, typ, method, cfg), (ins, outs, raw)) in enumerate(zip(statics, captured)):
+        for order, ((path, idx, typ, method, cfg), (ins, outs, raw)) in enumerate(zip(statics, captured, strict=True)):
             rec = CallRecord(path=path, call_index=idx, module_type=typ, order=order, method=method)
             rec.inputs = {k: _host(v) for k, v in ins.items()}
             rec.outputs = {k: _host(v) for k, v in outs.items()}
