@@ -1,24 +1,31 @@
-"""Error statistics as one fused JAX computation, run where the data lives.
+"""Error statistics as fused JAX computations, run where the data lives.
 
 :mod:`xfdiff.metrics` is the reference implementation (pure numpy, float64).
 On large activations it makes a dozen passes over float64 copies of both
 arrays; this module computes the same :class:`~xfdiff.metrics.Stats` and
-:func:`~xfdiff.metrics.error_detail` summary in one jitted XLA computation
-over float32 (half precisions are upcast), which reads each array a few times
-from cache instead of a dozen times from memory.
+:func:`~xfdiff.metrics.error_detail` summary with jitted XLA computations over
+float32 (half precisions are upcast), which read each array a few times.
 
 Design notes:
 
-- The arrays are viewed as ``(rows, channels)`` (channels = last axis, as in
-  ``error_detail``). Sums are taken per row in float32 and the row partials
-  are added in float64 on the host, so relative error stays near 1e-6 and the
-  cosine is computed from norms with a cancellation-free formula.
-- A JAX array sharded over several devices is reduced in place: XLA
-  partitions the reductions and only per-row partials and the small summary
-  arrays come back to the host. The full array is never gathered.
-- Only float32/bfloat16/float16 arrays of at least :data:`MIN_FAST` elements
-  take this path, and only when JAX is already imported (``compare`` always
-  has a Flax side). Everything else stays on the numpy reference path.
+- Arrays are viewed as ``(rows, channels)`` (channels = last axis, as in
+  ``error_detail``) and processed in blocks of rows of at most
+  :data:`BLOCK` elements, so the kernel's temporaries stay small however
+  large the activation (a 2,048 x 32,000 logits array included). Blocks
+  combine exactly: sums add, maxima take the max, the worst elements merge.
+- Sums are taken per row in float32 and added in float64 on the host; the
+  cosine uses a cancellation-free formula, so it stays exact near 1.
+- The error histogram is first binned on a fixed grid of :data:`FINE` bins
+  per decade of ``log10 |error|``; since ``error_detail``'s 40 bins span
+  whole decades, each of its bins is a run of fine bins, and rebinning gives
+  the same counts without a second pass.
+- A JAX array sharded over several devices is reduced in place, in one
+  block: XLA partitions the reductions and only per-row partials and the
+  small summaries come back to the host. The full array is never gathered
+  to the host (the detail's pooling may move the error array between devices).
+- Only float32/bfloat16/float16 arrays take this path, numpy ones from
+  :data:`MIN_FAST` elements on, and only when JAX is already imported
+  (``compare`` always has a Flax side). Everything else stays on numpy.
 """
 
 from __future__ import annotations
@@ -31,8 +38,14 @@ import numpy as np
 
 from .metrics import HEATMAP_MAX, HIST_BINS, PROFILE_MAX, SCATTER_MAX, WORST_K, Stats
 
-#: Arrays smaller than this go through the numpy path (jit dispatch costs more).
+#: numpy arrays smaller than this go through the numpy path (jit dispatch costs more).
 MIN_FAST = 1 << 15
+#: Elements per kernel call; bounds the temporaries of one call (16 MiB of float32).
+BLOCK = 1 << 22
+#: Histogram bins per decade of |error| on the fixed grid, and the grid's range (float32 spans it).
+FINE = 200
+LOG_LO, LOG_HI = -46, 39
+_N_FINE = (LOG_HI - LOG_LO) * FINE
 _FAST_DTYPES = ("float32", "bfloat16", "float16")
 _MAX_INT32 = 2**31 - 1
 
@@ -68,20 +81,17 @@ def usable(ref: Any, port: Any) -> bool:
     return size >= MIN_FAST or is_jax_array(ref) or is_jax_array(port)
 
 
-def _pool_ids(n: int, out: int):
-    """Static segment ids that max-pool ``n`` positions into ``out`` bins like ``metrics._pool_max``."""
-    if n <= out:
-        return None
-    edges = np.linspace(0, n, out + 1).astype(int)
-    return np.searchsorted(edges, np.arange(n), side="right") - 1
+def _pool_edges(n: int, out: int) -> np.ndarray | None:
+    """Bin edges that max-pool ``n`` positions into ``out`` bins like ``metrics._pool_max``."""
+    return None if n <= out else np.linspace(0, n, out + 1).astype(int)
 
 
-def _as2d(x):
-    if x.ndim == 0:
-        return x.reshape(1, 1)
-    if x.ndim == 1:
-        return x.reshape(1, -1)
-    return x.reshape(-1, x.shape[-1])
+def _shape2d(shape: tuple) -> tuple[int, int]:
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, int(shape[0])
+    return int(np.prod(shape[:-1])), int(shape[-1])
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,15 +100,7 @@ def _kernels():
     import jax
     import jax.numpy as jnp
 
-    f32 = jnp.float32
-
-    def pool(a, axis: int, out: int):
-        ids = _pool_ids(a.shape[axis], out)
-        if ids is None:
-            return a
-        moved = jnp.moveaxis(a, axis, 0)
-        pooled = jax.ops.segment_max(moved, jnp.asarray(ids), num_segments=out, indices_are_sorted=True)
-        return jnp.moveaxis(pooled, 0, axis)
+    f32, i32 = jnp.float32, jnp.int32
 
     def stats_part(r, p, atol, rtol):
         fin_r, fin_p = jnp.isfinite(r), jnp.isfinite(p)
@@ -106,7 +108,7 @@ def _kernels():
         same_nf = ~fin_r & ~fin_p & ((jnp.isnan(r) & jnp.isnan(p)) | (r == p))
         rr, pp = jnp.where(both, r, 0.0), jnp.where(both, p, 0.0)
         ad, ar = jnp.abs(pp - rr), jnp.abs(rr)
-        count = functools.partial(jnp.sum, dtype=jnp.int32)
+        count = functools.partial(jnp.sum, dtype=i32)
         return {
             "sums": jnp.stack([ad.sum(1), (rr * rr).sum(1), ((pp - rr) ** 2).sum(1), (pp * pp).sum(1)]),
             "max_abs": ad.max(),
@@ -117,7 +119,7 @@ def _kernels():
             "nf_mismatch": count(~both & ~same_nf),
         }
 
-    def detail_part(r, p):
+    def detail_part(r, p, row_ids, n_row_bins):
         d = jnp.abs(p - r)
         fin = jnp.isfinite(d)
         rank = jnp.where(fin, d, jnp.inf)
@@ -125,35 +127,32 @@ def _kernels():
         k = min(WORST_K, rows * cols)
         kc = min(k, cols)
         v1, c1 = jax.lax.top_k(rank, kc)  # per row first: stays local to a row-sharded array
-        _, flat = jax.lax.top_k(v1.reshape(-1), k)
+        vals, flat = jax.lax.top_k(v1.reshape(-1), k)
         ri, ci = flat // kc, c1.reshape(-1)[flat]
         pos = fin & (d > 0)
         logd = jnp.log10(jnp.where(pos, d, 1.0))
-        lo = jnp.floor(jnp.min(jnp.where(pos, logd, jnp.inf)))
-        hi = jnp.ceil(jnp.max(jnp.where(pos, logd, -jnp.inf)))
-        hi = jnp.maximum(hi, lo + 1)
-        b = jnp.clip(jnp.floor((logd - lo) / (hi - lo) * HIST_BINS), 0, HIST_BINS - 1).astype(jnp.int32)
-        b = jnp.where(pos, b, HIST_BINS)
-        counts = jnp.zeros(HIST_BINS + 1, jnp.int32).at[b.reshape(-1)].add(1)[:HIST_BINS]
+        fine = jnp.clip(jnp.floor((logd - LOG_LO) * FINE), 0, _N_FINE - 1).astype(i32)
+        fine = jnp.where(pos, fine, _N_FINE)
         return {
-            "worst_index": ri * cols + ci, "worst_ref": r[ri, ci], "worst_port": p[ri, ci],
-            "lo": lo, "hi": hi, "has_pos": jnp.any(pos), "hist_counts": counts,
-            "n_exact": jnp.sum(fin & (d == 0), dtype=jnp.int32),
-            "profile": pool(rank.max(0), 0, PROFILE_MAX),
-            "heatmap": pool(pool(rank, 0, HEATMAP_MAX), 1, HEATMAP_MAX),
+            "worst_val": vals, "worst_row": ri, "worst_col": ci, "worst_ref": r[ri, ci], "worst_port": p[ri, ci],
+            "log_min": jnp.min(jnp.where(pos, logd, jnp.inf)), "log_max": jnp.max(jnp.where(pos, logd, -jnp.inf)),
+            "fine_counts": jnp.zeros(_N_FINE + 1, i32).at[fine.reshape(-1)].add(1)[:_N_FINE],
+            "n_exact": jnp.sum(fin & (d == 0), dtype=i32),
+            "col_max": rank.max(0),
+            "row_pool": jax.ops.segment_max(rank, row_ids, num_segments=n_row_bins, indices_are_sorted=True),
         }
 
-    @functools.partial(jax.jit, static_argnames=("detail",))
-    def compare_kernel(r, p, atol, rtol, detail):
-        r2, p2 = _as2d(r).astype(f32), _as2d(p).astype(f32)
+    @functools.partial(jax.jit, static_argnames=("detail", "n_row_bins"))
+    def compare_kernel(r, p, atol, rtol, row_ids, detail, n_row_bins):
+        r2, p2 = r.astype(f32), p.astype(f32)
         out = stats_part(r2, p2, atol, rtol)
         if detail:
-            out["detail"] = detail_part(r2, p2)
+            out["detail"] = detail_part(r2, p2, row_ids, n_row_bins)
         return out
 
     @jax.jit
     def fingerprint_kernel(x):
-        x2 = _as2d(x).astype(f32)
+        x2 = x.astype(f32)
         x2 = jnp.where(jnp.isfinite(x2), x2, 0.0)
         return jnp.stack([x2.sum(1), (x2 * x2).sum(1)]), x2.min(), x2.max()
 
@@ -165,8 +164,18 @@ def _kernels():
     return compare_kernel, fingerprint_kernel, gather_kernel
 
 
+def _blocks(rows: int, cols: int, whole: bool):
+    """Row ranges of at most :data:`BLOCK` elements (one range when ``whole``)."""
+    step = rows if whole else max(1, BLOCK // max(cols, 1))
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def _as2d(a: Any, rows: int, cols: int) -> Any:
+    return a.reshape(rows, cols)
+
+
 def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = True, seed: int = 0):
-    """:func:`metrics.compare_arrays` (and :func:`metrics.error_detail`) in one fused computation.
+    """:func:`metrics.compare_arrays` (and :func:`metrics.error_detail`) with fused kernels.
 
     Args:
         ref, port: arrays of equal shape (numpy or JAX, possibly sharded),
@@ -179,19 +188,33 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
         ``(Stats, detail_dict_or_None)``.
     """
     kernel, _, _ = _kernels()
-    out = kernel(ref, port, np.float32(atol), np.float32(rtol), detail=detail)
-    got = {k: v for k, v in out.items() if k != "detail"}
-    got = {k: np.asarray(v) for k, v in got.items()}
-    stats = _stats_from(got, int(np.prod(np.shape(ref))))
+    shape = tuple(np.shape(ref))
+    rows, cols = _shape2d(shape)
+    r2, p2 = _as2d(ref, rows, cols), _as2d(port, rows, cols)
+    row_edges = _pool_edges(rows, HEATMAP_MAX)
+    row_bin = (np.searchsorted(row_edges, np.arange(rows), side="right") - 1) if row_edges is not None \
+        else np.arange(rows)
+    n_row_bins = HEATMAP_MAX if row_edges is not None else rows
+    parts = []
+    for a, b in _blocks(rows, cols, whole=is_jax_array(ref) or is_jax_array(port)):
+        out = kernel(r2[a:b], p2[a:b], np.float32(atol), np.float32(rtol), row_bin[a:b].astype(np.int32),
+                     detail=detail, n_row_bins=n_row_bins)
+        parts.append((a, _to_host(out)))
+    stats = _stats_from([g for _, g in parts], rows * cols)
     if not detail:
         return stats, None
-    det = {k: np.asarray(v) for k, v in out["detail"].items()}
-    return stats, _detail_from(det, ref, port, seed)
+    return stats, _detail_from(parts, shape, cols, ref, port, seed)
 
 
-def _stats_from(g: dict, n: int) -> Stats:
-    s_abs, s_rr, s_dd, s_pp = (float(np.sum(row, dtype=np.float64)) for row in g["sums"])
-    n_both, nf_mismatch = int(g["n_both"]), int(g["nf_mismatch"])
+def _to_host(tree: dict) -> dict:
+    return {k: (_to_host(v) if isinstance(v, dict) else np.asarray(v)) for k, v in tree.items()}
+
+
+def _stats_from(parts: list[dict], n: int) -> Stats:
+    sums = np.concatenate([g["sums"] for g in parts], axis=1).astype(np.float64)
+    s_abs, s_rr, s_dd, s_pp = (float(row.sum()) for row in sums)
+    n_both = sum(int(g["n_both"]) for g in parts)
+    nf_mismatch = sum(int(g["nf_mismatch"]) for g in parts)
     nr, nd, npn = np.sqrt(s_rr), np.sqrt(s_dd), np.sqrt(s_pp)
     rel_l2 = nd / nr if nr > 0 else (0.0 if nd == 0 else float("inf"))
     if nr > 0 and npn > 0:
@@ -199,34 +222,62 @@ def _stats_from(g: dict, n: int) -> Stats:
         cosine = 1.0 - (s_dd - (nr - npn) ** 2) / (2.0 * nr * npn)
     else:
         cosine = 1.0 if nd == 0 else 0.0
-    need = float(g["need"]) if n_both else 0.0
+    need = max(float(g["need"]) for g in parts) if n_both else 0.0
     return Stats(
-        max_abs=float(g["max_abs"]) if n_both else 0.0,
+        max_abs=max(float(g["max_abs"]) for g in parts) if n_both else 0.0,
         mean_abs=s_abs / n_both if n_both else 0.0,
         rel_l2=float(rel_l2),
         cosine=float(np.clip(cosine, -1.0, 1.0)),
-        n_nonfinite=int(g["n_nonfinite"]),
+        n_nonfinite=sum(int(g["n_nonfinite"]) for g in parts),
         nonfinite_mismatch=nf_mismatch,
-        frac_outside=(int(g["outside"]) + nf_mismatch) / n,
+        frac_outside=(sum(int(g["outside"]) for g in parts) + nf_mismatch) / n,
         tol_needed=max(need, 0.0) if nf_mismatch == 0 else float("inf"),
         size=n,
     )
 
 
-def _detail_from(det: dict, ref: Any, port: Any, seed: int) -> dict[str, np.ndarray]:
-    shape = tuple(np.shape(ref))
+def _pool_host(a: np.ndarray, axis: int, out: int) -> np.ndarray:
+    edges = _pool_edges(a.shape[axis], out)
+    return a if edges is None else np.maximum.reduceat(a, edges[:-1], axis=axis)
+
+
+def _histogram(dets: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
+    """error_detail's 40-bin histogram of log10 |error|, rebinned from the fine grid."""
+    lo_val = min(float(d["log_min"]) for d in dets)
+    if not np.isfinite(lo_val):
+        return None  # no finite non-zero error
+    hi_val = max(float(d["log_max"]) for d in dets)
+    lo, hi = np.floor(lo_val), np.ceil(hi_val)
+    hi = max(hi, lo + 1)
+    fine = np.sum([d["fine_counts"] for d in dets], axis=0, dtype=np.int64)
+    width = int(round((hi - lo) * FINE / HIST_BINS))  # fine bins per histogram bin: whole decades / 40
+    start = int(round((lo - LOG_LO) * FINE))
+    stop = start + width * HIST_BINS
+    counts = fine[start:stop].reshape(HIST_BINS, width).sum(axis=1)
+    counts[-1] += fine[stop:].sum()  # the top edge is inclusive, as in np.histogram
+    return np.linspace(lo, hi, HIST_BINS + 1), counts
+
+
+def _detail_from(parts: list[tuple[int, dict]], shape: tuple, cols: int, ref: Any, port: Any, seed: int) -> dict:
+    dets = [g["detail"] for _, g in parts]
     n = int(np.prod(shape)) if shape else 1
-    worst = det["worst_index"].astype(np.int64)
-    out: dict[str, np.ndarray] = {"shape": np.asarray(shape, dtype=np.int64), "worst_index": worst}
-    out["worst_ref"] = det["worst_ref"].astype(np.float64)
-    out["worst_port"] = det["worst_port"].astype(np.float64)
-    if bool(det["has_pos"]):
-        lo, hi = float(det["lo"]), float(det["hi"])
-        out["hist_edges"] = np.linspace(lo, hi, HIST_BINS + 1)
-        out["hist_counts"] = det["hist_counts"].astype(np.int64)
-    out["n_exact"] = np.asarray(int(det["n_exact"]))
-    out["profile"] = det["profile"].astype(np.float32)
-    out["heatmap"] = det["heatmap"].astype(np.float32)
+    cand = [(v, (a + r) * cols + c, rv, pv) for a, g in parts for v, r, c, rv, pv in zip(
+        g["detail"]["worst_val"], g["detail"]["worst_row"], g["detail"]["worst_col"],
+        g["detail"]["worst_ref"], g["detail"]["worst_port"], strict=True)]
+    cand.sort(key=lambda t: -t[0])
+    cand = cand[: min(WORST_K, n)]
+    worst = np.asarray([int(t[1]) for t in cand], dtype=np.int64)
+    out: dict[str, np.ndarray] = {"shape": np.asarray(shape, dtype=np.int64), "worst_index": worst,
+                                  "worst_ref": np.asarray([t[2] for t in cand], dtype=np.float64),
+                                  "worst_port": np.asarray([t[3] for t in cand], dtype=np.float64)}
+    hist = _histogram(dets)
+    if hist is not None:
+        out["hist_edges"], out["hist_counts"] = hist
+    out["n_exact"] = np.asarray(sum(int(d["n_exact"]) for d in dets))
+    col_max = np.max([d["col_max"] for d in dets], axis=0)
+    row_pool = np.max([d["row_pool"] for d in dets], axis=0)
+    out["profile"] = _pool_host(col_max, 0, PROFILE_MAX).astype(np.float32)
+    out["heatmap"] = _pool_host(row_pool, 1, HEATMAP_MAX).astype(np.float32)
     rng = np.random.default_rng(seed)
     m = min(SCATTER_MAX, n)
     idx = np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(m)
@@ -246,6 +297,13 @@ def _gather(ref: Any, port: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def fingerprint_sums(a: Any) -> tuple[int, float, float, float, float]:
     """``(numel, sum, sum of squares, min, max)`` of a float array, non-finite values as 0."""
     _, kernel, _ = _kernels()
-    sums, lo, hi = kernel(a)
-    sums = np.asarray(sums, dtype=np.float64)
-    return int(np.prod(np.shape(a))), float(sums[0].sum()), float(sums[1].sum()), float(lo), float(hi)
+    rows, cols = _shape2d(tuple(np.shape(a)))
+    a2 = a.reshape(rows, cols)
+    s1 = s2 = 0.0
+    lo, hi = np.inf, -np.inf
+    for r0, r1 in _blocks(rows, cols, whole=is_jax_array(a)):
+        sums, b_lo, b_hi = kernel(a2[r0:r1])
+        sums = np.asarray(sums, dtype=np.float64)
+        s1, s2 = s1 + float(sums[0].sum()), s2 + float(sums[1].sum())
+        lo, hi = min(lo, float(b_lo)), max(hi, float(b_hi))
+    return rows * cols, s1, s2, lo, hi

@@ -17,6 +17,7 @@ elements. Every string from a model is escaped (server side with
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 import math
@@ -94,10 +95,12 @@ def _asset(name: str) -> str:
     return (resources.files("xfdiff") / "assets" / name).read_text(encoding="utf-8")
 
 
-def _plotly_js() -> str:
+@functools.lru_cache(maxsize=1)
+def _plotly_packed() -> str:
+    """plotly.js, gzip-compressed and base64-encoded (computed once per process: it takes a second)."""
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    return _packed(get_plotlyjs())
 
 
 # --- per-layer payload ---------------------------------------------------------------------
@@ -314,7 +317,7 @@ def report_html(report: Report, max_bytes: int = MAX_BYTES) -> str:
     """
     fd = report.first_divergence
     title = f"xfdiff · {fd.label}" if fd is not None else "xfdiff · no divergence"
-    plotly_packed = _packed(_plotly_js())
+    plotly_packed = _plotly_packed()
     meta = _script_json(_meta_json(report))
 
     def page(layer_blob: str, n_plots: int) -> str:

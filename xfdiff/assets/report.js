@@ -24,7 +24,7 @@
 
   const COLUMNS = [
     ["order", "#", "num"], ["status", "status", "st"], ["own", "own", "st"], ["layer", "layer", "path"],
-    ["types", "torch / flax", ""], ["max_abs", "max |err|", "num"], ["local_max_abs", "own |err|", "num"],
+    ["types", "torch / flax", "types"], ["max_abs", "max |err|", "num"], ["local_max_abs", "own |err|", "num"],
     ["shape", "shape", ""],
   ];
 
@@ -69,6 +69,7 @@
       for (const [key, , cls] of COLUMNS) {
         const v = r[key];
         const td = el("td", cls === "st" ? "s-" + v : cls, cls === "num" && key !== "order" ? fmt(v) : v == null ? "—" : v);
+        if (cls === "types") td.title = String(v);
         tr.append(td);
       }
       tr.addEventListener("click", () => select(r.order, false));

@@ -1,8 +1,10 @@
 """The interactive dashboard (Dash): ``xfdiff.serve(report)`` or ``xfdiff serve FILE``.
 
 Modules: :mod:`.ids` (component ids), :mod:`.figures` (pure report ->
-figures, shared with the HTML and notebook views), :mod:`.tables` (pure
-report -> rows and text), :mod:`.layout` (the page), :mod:`.callbacks`.
+figures, shared with the HTML report), :mod:`.tables` (pure report -> rows
+and text, shared by every view), :mod:`.notebook` (the notebook card),
+:mod:`.layout` (the page), :mod:`.callbacks`. Only :func:`create_app` and
+:func:`serve` import Dash.
 """
 
 from __future__ import annotations

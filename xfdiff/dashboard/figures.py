@@ -177,7 +177,9 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
         for lyr in layers
     ]
     data = [{
-        "type": "scatter", "x": x, "y": _on_log(prop, floor), "mode": "lines+markers",
+        # Markers on the line only while they can be told apart; hover and click still
+        # work on the line's vertices, and a thousand fewer SVG paths draw faster.
+        "type": "scatter", "x": x, "y": _on_log(prop, floor), "mode": "lines+markers" if len(x) <= 300 else "lines",
         "name": "propagated (whole model up to here)", "line": {"color": PROPAGATED_COLOR, "width": 1.5},
         "marker": {"size": 5}, "customdata": x, "hovertext": hover, "hoverinfo": "text",
     }]

@@ -139,18 +139,18 @@ def _status_style() -> dict:
 
 
 COLUMN_DEFS = [
-    {"field": "order", "headerName": "#", "width": 54, "type": "rightAligned"},
-    {"field": "status", "headerName": "status", "width": 88, "cellStyle": _status_style(),
+    {"field": "order", "headerName": "#", "width": 58, "type": "rightAligned"},
+    {"field": "status", "headerName": "status", "width": 84, "cellStyle": _status_style(),
      "headerTooltip": "propagated error within tolerance?"},
-    {"field": "own", "headerName": "own", "width": 88, "cellStyle": _status_style(),
+    {"field": "own", "headerName": "own", "width": 84, "cellStyle": _status_style(),
      "headerTooltip": "the layer's own (teacher-forced) error within tolerance?"},
     {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 150,
      "tooltipField": "layer"},
     {"field": "types", "headerName": "torch / flax", "width": 136,
      "tooltipField": "types"},
-    _num_col("max_abs", "max |err|", 92),
-    _num_col("local_max_abs", "own |err|", 92),
-    {"field": "shape", "headerName": "shape", "width": 110, "tooltipField": "shape"},
+    _num_col("max_abs", "max |err|", 86),
+    _num_col("local_max_abs", "own |err|", 86),
+    {"field": "shape", "headerName": "shape", "width": 104, "tooltipField": "shape"},
     _num_col("rel_l2", "rel L2", 90),
     {"field": "layout", "headerName": "layout", "width": 96},
 ]
