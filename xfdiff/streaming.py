@@ -28,6 +28,8 @@ a PyTorch reference and a linen / Hugging Face Flax port (``reference="torch"``)
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import mmap
 import tempfile
 from pathlib import Path
@@ -85,6 +87,26 @@ def release(rec: CallRecord | None) -> None:
             mm = getattr(v, "_mmap", None)
             if mm is not None and not mm.closed:
                 mm.madvise(mmap.MADV_DONTNEED)
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS.
+
+    Eager JAX and PyTorch free their temporaries into glibc's per-thread
+    arenas, which keep them; without trimming, resident memory creeps up with
+    every layer. A no-op where glibc's ``malloc_trim`` does not exist.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
 
 
 def _is_sharded(v: Any) -> bool:
@@ -175,6 +197,7 @@ class _Run:
         self.keep(rec, any(r is not None and r.layer.status != "ok" for r in made))
         release(ref)
         release(self.tt.root() if path == "" else None)
+        trim_heap()
 
 
 def _port_pairs(tt: Trace, skeleton: Trace, al: Alignment) -> dict[tuple[str, int], CallRecord]:
@@ -221,6 +244,7 @@ def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
             release(row.torch)
         else:
             run.keep(lrec, inside_diverged(path))
+        trim_heap()
 
     try:
         local_trace = side.stream(on_call, substitute=subst)
@@ -273,7 +297,7 @@ def compare_bounded(pt_model: Any, flax_model: Any, inputs: Any, *, flax_inputs:
     with tempfile.TemporaryDirectory(prefix="xfdiff-spill-", dir=spill_dir) as tmp:
         store = SpillStore(tmp)
         prog.step("capturing PyTorch (spilling to disk)")
-        tt = torch_side.capture(sink=store.spill_record)
+        tt = torch_side.capture(sink=lambda rec: (store.spill_record(rec), trim_heap()))
         ref_bytes = store.nbytes
         prog.step("describing Flax")
         skeleton = flax_side.skeleton()

@@ -135,4 +135,10 @@ def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", p
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+    if not debug:
+        # A local viewer: per-request lines and the production-server warning are noise here.
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        app.logger.setLevel(logging.WARNING)
     return app.run(host=host, port=port, debug=debug, use_reloader=False, **run_kwargs)
