@@ -11,10 +11,12 @@ import numpy as np
 from .align import Alignment, align
 from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
 from .evidence import Evidence, Row
+from .fastmetrics import stats_and_detail
 from .layout import Transform, best_transform, candidates, input_layout
-from .metrics import Tolerance, as_tolerance, compare_arrays, error_detail, lower_precision
+from .localize import assign_blame, localize
+from .metrics import Tolerance, as_tolerance, lower_precision, status_of
 from .report import LayerDiff, Report
-from .trace import CallRecord, Trace, call_key
+from .trace import CallRecord, Trace
 
 
 def _flax_side(flax_model: Any, inputs: Any, jit: bool):
@@ -151,9 +153,9 @@ def compare(
     notes: list[str] = []
     if local and ev.rows:
         prog.step("teacher forcing")
-        _localize(ev, torch_side if reference == "flax" else flax_side, notes)
+        localize(ev, torch_side if reference == "flax" else flax_side, notes)
     else:
-        _assign_blame(ev.rows)
+        assign_blame(ev.rows)
     report = Report(
         layers=[r.layer for r in ev.rows],
         unmatched=al.unmatched,
@@ -260,23 +262,6 @@ def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=
     return pairs
 
 
-def _status(stats) -> str:
-    if stats.nonfinite_mismatch or stats.n_nonfinite:
-        # NaN/Inf on the port is flagged even where the reference has it too: the values
-        # cannot be compared there, and the first such row is where the non-finite values start.
-        return "nonfinite"
-    return "ok" if stats.frac_outside == 0 else "diverged"
-
-
-def _stats(r, p, atol: float, rtol: float, detail: bool = False):
-    """``(Stats, error_detail or None)``: one fused JAX pass for large float arrays, numpy otherwise."""
-    from . import fastmetrics
-
-    if fastmetrics.usable(r, p):
-        return fastmetrics.compare_fast(r, p, atol, rtol, detail=detail)
-    return compare_arrays(r, p, atol, rtol), (error_detail(r, p) if detail else None)
-
-
 def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
     """Worst matched output leaf: (stats, ref_key, port_key, transform, atol, rtol, detail) or None."""
     ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
@@ -286,7 +271,7 @@ def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
         r = t.forward(ref_out[rk])
         p = port_out[pk]
         atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
-        s, det = _stats(r, p, atol, rtol, detail=len(pairs) == 1)
+        s, det = stats_and_detail(r, p, atol, rtol, detail=len(pairs) == 1)
         key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
         if best is None or key > best[0]:
             best = (key, s, rk, pk, t, atol, rtol, det)
@@ -360,7 +345,7 @@ def _make_row(rt: CallRecord, rf: CallRecord, al: Alignment, tol: Tolerance, ref
     lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
     lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
     if det is None:
-        det = _stats(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk], atol, rtol, detail=True)[1]
+        det = stats_and_detail(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk], atol, rtol, detail=True)[1]
     lyr.detail = det
     return Row(lyr, rt, rf, rk, pk, t)
 
@@ -369,7 +354,7 @@ def _fill(lyr: LayerDiff, s, atol: float, rtol: float) -> None:
     lyr.max_abs, lyr.mean_abs, lyr.rel_l2, lyr.cosine = s.max_abs, s.mean_abs, s.rel_l2, s.cosine
     lyr.tol_needed, lyr.frac_outside, lyr.n_nonfinite = s.tol_needed, s.frac_outside, s.n_nonfinite
     lyr.atol, lyr.rtol = atol, rtol
-    lyr.status = _status(s)
+    lyr.status = status_of(s)
 
 
 def _final_row(tt: Trace, tf: Trace, tol: Tolerance, reference: str) -> Row | None:
@@ -379,196 +364,3 @@ def _final_row(tt: Trace, tf: Trace, tol: Tolerance, reference: str) -> Row | No
     al = Alignment()
     al.add(rt.path, rf.path, "root", 1.0)
     return _make_row(rt, rf, al, tol, reference)
-
-
-# --- teacher forcing ----------------------------------------------------------------------
-
-
-def _input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str, Transform]]:
-    """For each float input leaf of the port call, the reference leaf that feeds it."""
-    ref_in = ref_rec.float_inputs()
-    port_in = port_rec.float_inputs()
-    out: dict[str, tuple[str, Transform]] = {}
-    used: set[str] = set()
-    for pk, pv in port_in.items():
-        options = []
-        fits = [(rk, rv) for rk, rv in ref_in.items() if rk not in used and candidates(rv.shape, pv.shape)]
-        if len(fits) == 1 and len(candidates(fits[0][1].shape, pv.shape)) == 1:
-            # One reference leaf and one legal transform: nothing to rank, skip the scoring passes.
-            used.add(fits[0][0])
-            out[pk] = (fits[0][0], candidates(fits[0][1].shape, pv.shape)[0])
-            continue
-        for rk, rv in fits:
-            t, err = best_transform(rv, pv)
-            if t is None:
-                continue
-            same_name = rk.split(".")[-1] == pk.split(".")[-1]
-            options.append((not same_name, err, rk, t))
-        if options:
-            _, _, rk, t = min(options, key=lambda o: (o[0], o[1]))
-            used.add(rk)
-            out[pk] = (rk, t)
-    return out
-
-
-def _localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
-    ref_is_torch = ev.reference == "torch"
-    subst: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    maps = []
-    for row in ev.rows:
-        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
-        m = _input_map(ref_rec, port_rec)
-        maps.append(m)
-        row.input_map = {pk: rk for pk, (rk, _) in m.items()}
-        if m:
-            subst[(port_rec.path, port_rec.call_index)] = {
-                pk: t.forward(ref_rec.inputs[rk]) for pk, (rk, t) in m.items()
-            }
-    try:
-        local_trace = port_side.capture(substitute=subst)
-    except XfdiffError as e:
-        notes.append(f"teacher-forced re-run failed ({e}); first divergence uses propagated error")
-        for row in ev.rows:
-            row.layer.note = _join(row.layer.note, "local error not measured: teacher-forced re-run failed")
-        return
-    if ref_is_torch:
-        ev.flax_local_trace = local_trace
-    else:
-        ev.torch_local_trace = local_trace
-    local_by_key = local_trace.by_key()
-    port_row = {}
-    for row in ev.rows:
-        port_rec = row.flax if ref_is_torch else row.torch
-        port_row[port_rec.key] = row
-    gaps = []
-    for row, m in zip(ev.rows, maps, strict=True):
-        lyr = row.layer
-        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
-        lrec = local_by_key.get(call_key(port_rec.path, port_rec.call_index))
-        if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
-            lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
-            continue
-        _local_error(row, m, ref_rec, port_rec, lrec)
-        gaps.append((row, m, ref_rec, lrec))
-    for row, m, ref_rec, lrec in gaps:  # after every row has its own local error
-        _input_gap(row, m, ref_rec, lrec, local_trace, port_row)
-    _assign_blame(ev.rows)
-
-
-def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: CallRecord) -> None:
-    """Fill a row's local (teacher-forced) error from ``lrec``, the port call fed the reference's inputs."""
-    lyr = row.layer
-    row.port_local = lrec
-    missing = [k for k in port_rec.float_inputs() if k not in m]
-    r = row.transform.forward(ref_rec.outputs[row.ref_key])
-    p = lrec.outputs[row.port_key]
-    s, _ = _stats(r, p, lyr.atol, lyr.rtol)
-    lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
-    lyr.local_tol_needed = s.tol_needed
-    lyr.local_status = _status(s)
-    if lyr.local_status != "ok" or lyr.status != "ok":
-        lyr.local_detail = _stats(r, p, lyr.atol, lyr.rtol, detail=True)[1]
-    if missing:
-        lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
-
-
-def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
-    """Error already present in a call's own input under teacher forcing.
-
-    Every earlier aligned call was forced, so what is left is what the
-    enclosing module's own code (between its children) did: blame the parent.
-    """
-    worst = _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
-    if worst is not None:
-        _blame_gap(row, *worst, lrec, local_trace, port_row)
-
-
-def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
-    """``(stats, leaf)`` of the worst forced input leaf before replacement, or None."""
-    worst = None
-    for pk, (rk, t) in m.items():
-        raw = lrec.raw_inputs.get(pk)
-        ref = ref_rec.inputs[rk]
-        if raw is None or _fill_like(ref):
-            continue  # masks and fill values are compared by the pitfall detectors, not here
-        s, _ = _stats(t.forward(ref), raw, atol, rtol)
-        if worst is None or s.max_abs > worst[0].max_abs:
-            worst = (s, pk)
-    return worst
-
-
-def _blame_gap(row: Row, s, pk: str, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
-    """Record a call's input gap ``s`` (at leaf ``pk``) and blame the enclosing call for it."""
-    row.layer.input_max_abs = s.max_abs
-    if s.passes():
-        return
-    parent = _enclosing_row(lrec, local_trace, port_row)
-    if parent is None or _sibling_explains(parent, row, local_trace, port_row):
-        return
-    pl = parent.layer
-    if pl.local_max_abs is None or s.max_abs > pl.local_max_abs:
-        pl.local_max_abs = s.max_abs
-    pl.local_status = "diverged" if s.nonfinite_mismatch == 0 else "nonfinite"
-    gap_at = row.layer.order - 0.5
-    if pl.blame_order is None or gap_at < pl.blame_order:
-        pl.blame_order = gap_at
-        pl.note = _join(pl.note, (
-            f"own code changes the value before it reaches {row.layer.label}: that call's input "
-            f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
-        ))
-
-
-def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bool:
-    """True when an earlier call inside the same parent call has its own local error.
-
-    Its output feeds this call's input, so the gap is that call's, not the parent's.
-    """
-    p_local = parent.port_local
-    if p_local is None:
-        return False
-    prefix = p_local.path + "." if p_local.path else ""
-    earlier = [r for r in trace.calls_of(p_local.path) if r.order < p_local.order]
-    start = max((r.order for r in earlier), default=-1)
-    me = row.port_local.order if row.port_local is not None else None
-    for r in trace.records:
-        if me is not None and r.order >= me:
-            break
-        if r.order > start and r.path.startswith(prefix) and r.key in port_row:
-            if port_row[r.key].layer.local_status not in (None, "ok"):
-                return True
-    return False
-
-
-def _fill_like(ref: np.ndarray) -> bool:
-    """Non-finite or huge values (an attention mask, a fill value); no temporary arrays."""
-    if not ref.size:
-        return False
-    hi, lo = float(np.max(ref)), float(np.min(ref))
-    return not (np.isfinite(hi) and np.isfinite(lo)) or max(hi, -lo) >= 1e4
-
-
-def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None:
-    path = lrec.path
-    while True:
-        if path == "":
-            return None
-        path = path.rsplit(".", 1)[0] if "." in path else ""
-        later = [r for r in trace.calls_of(path) if r.order > lrec.order]
-        if later:
-            enclosing = min(later, key=lambda r: r.order)
-            if enclosing.key in port_row:
-                return port_row[enclosing.key]
-
-
-def _assign_blame(rows: list[Row]) -> None:
-    """Where each row's own error first shows, in completion order (None: nowhere)."""
-    for row in rows:
-        lyr = row.layer
-        own_bad = lyr.local_status not in (None, "ok") if lyr.local_status is not None else lyr.status != "ok"
-        if own_bad:
-            at = float(lyr.order)
-            lyr.blame_order = at if lyr.blame_order is None else min(lyr.blame_order, at)
-
-
-def _join(a: str, b: str) -> str:
-    return f"{a}; {b}" if a else b

@@ -151,6 +151,18 @@ def compare_arrays(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float) 
     )
 
 
+def status_of(stats: Stats) -> str:
+    """``"nonfinite"``, ``"diverged"`` or ``"ok"`` for one comparison.
+
+    NaN/Inf on the port is flagged even where the reference has it too: the
+    values cannot be compared there, and the first such row is where the
+    non-finite values start.
+    """
+    if stats.nonfinite_mismatch or stats.n_nonfinite:
+        return "nonfinite"
+    return "ok" if stats.frac_outside == 0 else "diverged"
+
+
 # --- small summaries kept in a report for the views --------------------------------
 
 HEATMAP_MAX = 32

@@ -1,0 +1,214 @@
+"""Teacher forcing: each aligned call's own (local) error, and who is to blame.
+
+The port is re-run once with every aligned call fed the reference's inputs.
+A call's output error in that run is what its own code adds. Forcing every
+call at once hides error a parent's code adds *between* its children, so the
+forced run also keeps each call's own inputs before replacement
+(``CallRecord.raw_inputs``): when those are already off while every earlier
+call was forced, the enclosing module is blamed at that point.
+``LayerDiff.blame_order`` records where in completion order a row's own error
+first shows; :attr:`Report.first_divergence` is the smallest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import XfdiffError
+from .evidence import Evidence, Row
+from .fastmetrics import stats_and_detail
+from .layout import Transform, best_transform, candidates
+from .metrics import status_of
+from .trace import CallRecord, Trace, call_key
+
+
+def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str, Transform]]:
+    """For each float input leaf of the port call, the reference leaf that feeds it."""
+    ref_in = ref_rec.float_inputs()
+    port_in = port_rec.float_inputs()
+    out: dict[str, tuple[str, Transform]] = {}
+    used: set[str] = set()
+    for pk, pv in port_in.items():
+        options = []
+        fits = [(rk, rv) for rk, rv in ref_in.items() if rk not in used and candidates(rv.shape, pv.shape)]
+        if len(fits) == 1 and len(candidates(fits[0][1].shape, pv.shape)) == 1:
+            # One reference leaf and one legal transform: nothing to rank, skip the scoring passes.
+            used.add(fits[0][0])
+            out[pk] = (fits[0][0], candidates(fits[0][1].shape, pv.shape)[0])
+            continue
+        for rk, rv in fits:
+            t, err = best_transform(rv, pv)
+            if t is None:
+                continue
+            same_name = rk.split(".")[-1] == pk.split(".")[-1]
+            options.append((not same_name, err, rk, t))
+        if options:
+            _, _, rk, t = min(options, key=lambda o: (o[0], o[1]))
+            used.add(rk)
+            out[pk] = (rk, t)
+    return out
+
+
+def localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
+    ref_is_torch = ev.reference == "torch"
+    subst: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    maps = []
+    for row in ev.rows:
+        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
+        m = input_map(ref_rec, port_rec)
+        maps.append(m)
+        row.input_map = {pk: rk for pk, (rk, _) in m.items()}
+        if m:
+            subst[(port_rec.path, port_rec.call_index)] = {
+                pk: t.forward(ref_rec.inputs[rk]) for pk, (rk, t) in m.items()
+            }
+    try:
+        local_trace = port_side.capture(substitute=subst)
+    except XfdiffError as e:
+        notes.append(f"teacher-forced re-run failed ({e}); first divergence uses propagated error")
+        for row in ev.rows:
+            row.layer.note = _join(row.layer.note, "local error not measured: teacher-forced re-run failed")
+        return
+    if ref_is_torch:
+        ev.flax_local_trace = local_trace
+    else:
+        ev.torch_local_trace = local_trace
+    local_by_key = local_trace.by_key()
+    port_row = {}
+    for row in ev.rows:
+        port_rec = row.flax if ref_is_torch else row.torch
+        port_row[port_rec.key] = row
+    gaps = []
+    for row, m in zip(ev.rows, maps, strict=True):
+        lyr = row.layer
+        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
+        lrec = local_by_key.get(call_key(port_rec.path, port_rec.call_index))
+        if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
+            lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
+            continue
+        _local_error(row, m, ref_rec, port_rec, lrec)
+        gaps.append((row, m, ref_rec, lrec))
+    for row, m, ref_rec, lrec in gaps:  # after every row has its own local error
+        _input_gap(row, m, ref_rec, lrec, local_trace, port_row)
+    assign_blame(ev.rows)
+
+
+def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: CallRecord) -> None:
+    """Fill a row's local (teacher-forced) error from ``lrec``, the port call fed the reference's inputs."""
+    lyr = row.layer
+    row.port_local = lrec
+    missing = [k for k in port_rec.float_inputs() if k not in m]
+    r = row.transform.forward(ref_rec.outputs[row.ref_key])
+    p = lrec.outputs[row.port_key]
+    s, _ = stats_and_detail(r, p, lyr.atol, lyr.rtol)
+    lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
+    lyr.local_tol_needed = s.tol_needed
+    lyr.local_status = status_of(s)
+    if lyr.local_status != "ok" or lyr.status != "ok":
+        lyr.local_detail = stats_and_detail(r, p, lyr.atol, lyr.rtol, detail=True)[1]
+    if missing:
+        lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
+
+
+def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
+    """Error already present in a call's own input under teacher forcing.
+
+    Every earlier aligned call was forced, so what is left is what the
+    enclosing module's own code (between its children) did: blame the parent.
+    """
+    worst = _gapstats_and_detail(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
+    if worst is not None:
+        _blame_gap(row, *worst, lrec, local_trace, port_row)
+
+
+def _gapstats_and_detail(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
+    """``(stats, leaf)`` of the worst forced input leaf before replacement, or None."""
+    worst = None
+    for pk, (rk, t) in m.items():
+        raw = lrec.raw_inputs.get(pk)
+        ref = ref_rec.inputs[rk]
+        if raw is None or _fill_like(ref):
+            continue  # masks and fill values are compared by the pitfall detectors, not here
+        s, _ = stats_and_detail(t.forward(ref), raw, atol, rtol)
+        if worst is None or s.max_abs > worst[0].max_abs:
+            worst = (s, pk)
+    return worst
+
+
+def _blame_gap(row: Row, s, pk: str, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
+    """Record a call's input gap ``s`` (at leaf ``pk``) and blame the enclosing call for it."""
+    row.layer.input_max_abs = s.max_abs
+    if s.passes():
+        return
+    parent = _enclosing_row(lrec, local_trace, port_row)
+    if parent is None or _sibling_explains(parent, row, local_trace, port_row):
+        return
+    pl = parent.layer
+    if pl.local_max_abs is None or s.max_abs > pl.local_max_abs:
+        pl.local_max_abs = s.max_abs
+    pl.local_status = "diverged" if s.nonfinite_mismatch == 0 else "nonfinite"
+    gap_at = row.layer.order - 0.5
+    if pl.blame_order is None or gap_at < pl.blame_order:
+        pl.blame_order = gap_at
+        pl.note = _join(pl.note, (
+            f"own code changes the value before it reaches {row.layer.label}: that call's input "
+            f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
+        ))
+
+
+def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bool:
+    """True when an earlier call inside the same parent call has its own local error.
+
+    Its output feeds this call's input, so the gap is that call's, not the parent's.
+    """
+    p_local = parent.port_local
+    if p_local is None:
+        return False
+    prefix = p_local.path + "." if p_local.path else ""
+    earlier = [r for r in trace.calls_of(p_local.path) if r.order < p_local.order]
+    start = max((r.order for r in earlier), default=-1)
+    me = row.port_local.order if row.port_local is not None else None
+    for r in trace.records:
+        if me is not None and r.order >= me:
+            break
+        if r.order > start and r.path.startswith(prefix) and r.key in port_row:
+            if port_row[r.key].layer.local_status not in (None, "ok"):
+                return True
+    return False
+
+
+def _fill_like(ref: np.ndarray) -> bool:
+    """Non-finite or huge values (an attention mask, a fill value); no temporary arrays."""
+    if not ref.size:
+        return False
+    hi, lo = float(np.max(ref)), float(np.min(ref))
+    return not (np.isfinite(hi) and np.isfinite(lo)) or max(hi, -lo) >= 1e4
+
+
+def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None:
+    path = lrec.path
+    while True:
+        if path == "":
+            return None
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+        later = [r for r in trace.calls_of(path) if r.order > lrec.order]
+        if later:
+            enclosing = min(later, key=lambda r: r.order)
+            if enclosing.key in port_row:
+                return port_row[enclosing.key]
+
+
+def assign_blame(rows: list[Row]) -> None:
+    """Where each row's own error first shows, in completion order (None: nowhere)."""
+    for row in rows:
+        lyr = row.layer
+        own_bad = lyr.local_status not in (None, "ok") if lyr.local_status is not None else lyr.status != "ok"
+        if own_bad:
+            at = float(lyr.order)
+            lyr.blame_order = at if lyr.blame_order is None else min(lyr.blame_order, at)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
