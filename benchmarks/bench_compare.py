@@ -42,7 +42,7 @@ STAGES = {
     "align": "align.py:align",
     "rows (stats + detail)": "engine.py:_rows",
     "final output": "engine.py:_final_row",
-    "teacher forcing": "engine.py:_localize",
+    "teacher forcing": "localize.py:localize",
     "diagnose": "engine.py:_diagnose",
     "environment checks": "engine.py:_environment",
 }

@@ -102,8 +102,11 @@ def _kernels():
 
     f32, i32 = jnp.float32, jnp.int32
 
+    def isfinite(x):
+        return jnp.abs(x) < jnp.inf  # false for NaN and +-inf; vectorises better than isfinite on CPU
+
     def stats_part(r, p, atol, rtol):
-        fin_r, fin_p = jnp.isfinite(r), jnp.isfinite(p)
+        fin_r, fin_p = isfinite(r), isfinite(p)
         both = fin_r & fin_p
         same_nf = ~fin_r & ~fin_p & ((jnp.isnan(r) & jnp.isnan(p)) | (r == p))
         rr, pp = jnp.where(both, r, 0.0), jnp.where(both, p, 0.0)
@@ -121,7 +124,7 @@ def _kernels():
 
     def detail_part(r, p, row_ids, n_row_bins):
         d = jnp.abs(p - r)
-        fin = jnp.isfinite(d)
+        fin = isfinite(d)
         rank = jnp.where(fin, d, jnp.inf)
         rows, cols = rank.shape
         k = min(WORST_K, rows * cols)
@@ -154,7 +157,7 @@ def _kernels():
     @jax.jit
     def fingerprint_kernel(x):
         x2 = x.astype(f32)
-        x2 = jnp.where(jnp.isfinite(x2), x2, 0.0)
+        x2 = jnp.where(isfinite(x2), x2, 0.0)
         return jnp.stack([x2.sum(1), (x2 * x2).sum(1)]), x2.min(), x2.max()
 
     @jax.jit

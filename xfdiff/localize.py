@@ -118,12 +118,12 @@ def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: 
     Every earlier aligned call was forced, so what is left is what the
     enclosing module's own code (between its children) did: blame the parent.
     """
-    worst = _gapstats_and_detail(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
+    worst = _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
     if worst is not None:
         _blame_gap(row, *worst, lrec, local_trace, port_row)
 
 
-def _gapstats_and_detail(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
+def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
     """``(stats, leaf)`` of the worst forced input leaf before replacement, or None."""
     worst = None
     for pk, (rk, t) in m.items():

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import engine as E
+from . import localize as L
 from .align import Alignment
 from .errors import ConfigError, XfdiffError
 from .evidence import Evidence, Row
@@ -189,7 +190,7 @@ class _Run:
         if ref is not None:
             row = E._make_row(ref, rec, self.al, self.tol, "torch")
             if row is not None:
-                m = E._input_map(ref, rec)
+                m = L.input_map(ref, rec)
                 self.maps[(path, idx)] = m
                 row.input_map = {pk: rk for pk, (rk, _) in m.items()}
                 self.rows.append(row)
@@ -235,8 +236,8 @@ def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
         lrec = run.live(path, idx, typ, method, order, ins, outs, raw)
         if row is not None and row.ref_key is not None and row.port_key in lrec.outputs:
             m = run.maps.get((path, idx), {})
-            E._local_error(row, m, row.torch, row.flax, lrec)
-            gap = E._gap_stats(m, row.torch, lrec, row.layer.atol, row.layer.rtol)
+            L._local_error(row, m, row.torch, row.flax, lrec)
+            gap = L._gap_stats(m, row.torch, lrec, row.layer.atol, row.layer.rtol)
             if gap is not None:
                 gaps.append((row, gap))
             bad = row.layer.local_status != "ok" or row.layer.status != "ok"
@@ -251,17 +252,17 @@ def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
     except XfdiffError as e:
         notes.append(f"teacher-forced re-run failed ({e}); first divergence uses propagated error")
         for row in ev.rows:
-            row.layer.note = E._join(row.layer.note, "local error not measured: teacher-forced re-run failed")
+            row.layer.note = L._join(row.layer.note, "local error not measured: teacher-forced re-run failed")
         return
     kept = {row.port_local.key: row.port_local for row in ev.rows if row.port_local is not None}
     local_trace.records = [kept.get(r.key, r) for r in local_trace.records]
     ev.flax_local_trace = local_trace
     for row in ev.rows:
         if row.port_local is None:
-            row.layer.note = E._join(row.layer.note, "local error not measured: the call did not recur under teacher forcing")
+            row.layer.note = L._join(row.layer.note, "local error not measured: the call did not recur under teacher forcing")
     for row, (s, pk) in gaps:  # after every row has its own local error, as in the full mode
-        E._blame_gap(row, s, pk, row.port_local, local_trace, port_row)
-    E._assign_blame(ev.rows)
+        L._blame_gap(row, s, pk, row.port_local, local_trace, port_row)
+    L.assign_blame(ev.rows)
 
 
 def _check_supported(reference: str, flax_side: Any) -> None:
@@ -317,7 +318,7 @@ def compare_bounded(pt_model: Any, flax_model: Any, inputs: Any, *, flax_inputs:
             prog.step("teacher forcing")
             _localize(ev, flax_side, run, notes)
         else:
-            E._assign_blame(ev.rows)
+            L.assign_blame(ev.rows)
         meta = E._meta(tol, "torch", torch_side, flax_side, tt, tf, al, notes, local)
         meta["memory"] = {"mode": "bounded", "reference_bytes_spilled": ref_bytes,
                           "port_bytes_spilled": store.nbytes - ref_bytes, "port_calls_kept": run.kept_calls,
