@@ -53,6 +53,24 @@ class Sampler:
         self._thread.join()
 
 
+def record_stages() -> list:
+    """Log (stage, seconds since start, RSS GiB) each time compare() reports progress."""
+    import psutil
+
+    from xfdiff.progress import Progress
+
+    log: list = []
+    orig = Progress.step
+    t0 = time.perf_counter()
+
+    def step(self, what: str) -> None:
+        log.append([what, round(time.perf_counter() - t0, 1), round(psutil.Process().memory_info().rss / 2**30, 2)])
+        orig(self, what)
+
+    Progress.step = step
+    return log
+
+
 def free_gib() -> float:
     import psutil
 
@@ -89,6 +107,7 @@ def main(argv=None) -> int:
 
     rss_models = psutil.Process().memory_info().rss / 2**30
     peak_before = peak_rss_gib()
+    stages = record_stages()
     t0 = time.perf_counter()
     with Sampler() as sampler:
         report = xfdiff.compare(pt, (fx.module, {"params": params}), {"input_ids": torch.from_numpy(ids)},
@@ -109,6 +128,7 @@ def main(argv=None) -> int:
         "peak_rss_gib_before_compare": round(peak_before, 2),
         "target_peak_rss_gib": 16,
         "compare_s": round(compare_s, 1),
+        "stages (start s, RSS GiB at start)": stages,
         "build_s": round(build_s, 1),
         "spilled": {k: v for k, v in mem.items() if k != "mode"},
         "reference_activations_gib": round(per_side, 2),

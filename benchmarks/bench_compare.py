@@ -43,6 +43,7 @@ STAGES = {
     "rows (stats + detail)": "engine.py:_rows",
     "final output": "engine.py:_final_row",
     "teacher forcing": "localize.py:localize",
+    "statistics (fused kernels, inside the rows)": "fastmetrics.py:compare_fast",
     "diagnose": "engine.py:_diagnose",
     "environment checks": "engine.py:_environment",
 }

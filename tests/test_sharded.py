@@ -50,7 +50,10 @@ SCRIPT = textwrap.dedent(
 
     # 2. what XLA compiled for the statistics: per-shard inputs, an all-reduce, no all-gather
     kernel = fastmetrics._kernels()[0]
-    hlo = kernel.lower(ref, port, np.float32(1e-5), np.float32(1e-5), detail=False).compile().as_text()
+    r2, p2 = ref.reshape(128, 64), port.reshape(128, 64)  # (rows, channels), as compare_fast views them
+    row_bins = (np.arange(128) // 4).astype(np.int32)
+    hlo = kernel.lower(r2, p2, np.float32(1e-5), np.float32(1e-5), row_bins, detail=False,
+                       n_row_bins=32).compile().as_text()
     entry = hlo[hlo.index("ENTRY"):]
     out["param_shapes"] = sorted({l.split("=")[1].split("{")[0].strip() for l in entry.splitlines() if " parameter(" in l})
     out["all_reduce"], out["all_gather"] = "all-reduce" in hlo, "all-gather" in hlo
@@ -138,8 +141,8 @@ def test_statistics_of_a_sharded_array_match_numpy(result):
 
 
 def test_statistics_are_reduced_per_shard_and_combined_by_an_all_reduce(result):
-    # (8, 16, 64) split 2 ways on rows and 4 ways on channels: each device holds (4, 16, 16)
-    assert "f32[4,16,16]" in result["param_shapes"] and "f32[8,16,64]" not in result["param_shapes"]
+    # (8 * 16, 64) split 2 ways on rows and 4 ways on channels: each device holds (64, 16)
+    assert "f32[64,16]" in result["param_shapes"] and "f32[128,64]" not in result["param_shapes"]
     assert result["all_reduce"] and not result["all_gather"]
 
 
@@ -155,3 +158,34 @@ def test_bounded_compare_of_a_sharded_port_never_gathers_an_activation(result):
 def test_a_bug_in_a_sharded_port_is_found_at_its_layer(result):
     assert result["broken_first"] == "down"
     assert result["broken_gathered"] > 0  # only flagged rows are brought to the host
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 50), (4000,), (40, 33), (2, 1, 9000)])
+def test_fused_statistics_in_row_blocks_equal_the_numpy_reference(shape, monkeypatch):
+    """The fused path, cut into blocks of rows, gives metrics.compare_arrays / error_detail's numbers."""
+    import numpy as np
+
+    from xfdiff import fastmetrics
+    from xfdiff.metrics import compare_arrays, error_detail
+
+    monkeypatch.setattr(fastmetrics, "BLOCK", 1000)
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal(shape).astype(np.float32)
+    scale = 10.0 ** rng.integers(-8, -2, shape)
+    p = (r + rng.standard_normal(shape) * scale).astype(np.float32)
+    p.flat[11], p.flat[20], r.flat[30], p.flat[30] = r.flat[11], np.nan, np.inf, np.inf
+    ours, det = fastmetrics.compare_fast(r, p, 1e-5, 1e-5)
+    ref, ref_det = compare_arrays(r, p, 1e-5, 1e-5), error_detail(r, p)
+    for k in ("max_abs", "mean_abs", "rel_l2", "cosine", "frac_outside", "tol_needed", "n_nonfinite",
+              "nonfinite_mismatch", "size"):
+        assert getattr(ours, k) == pytest.approx(getattr(ref, k), rel=1e-5), k
+    assert set(det) == set(ref_det)
+    for k, want in ref_det.items():
+        got = det[k]
+        if k.startswith("worst"):  # ties among non-finite errors may come in another order
+            got, want = np.sort(got), np.sort(want)
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=k)
+    n, s1, s2, lo, hi = fastmetrics.fingerprint_sums(np.nan_to_num(r, posinf=0.0))
+    finite = np.nan_to_num(r, posinf=0.0).astype(np.float64)
+    assert (n, lo, hi) == (r.size, finite.min(), finite.max())
+    assert s1 == pytest.approx(finite.sum(), rel=1e-5, abs=1e-3) and s2 == pytest.approx((finite**2).sum(), rel=1e-5)

@@ -18,7 +18,9 @@ Whatever stays unpaired is listed with a reason; it never blocks the rest.
 
 from __future__ import annotations
 
+import functools
 import re
+import weakref
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
@@ -79,7 +81,24 @@ class ParamPrint:
         )
 
 
+# Fingerprints by array identity while the array lives: confirm_params asks again for
+# arrays align() has already fingerprinted, once per candidate pair.
+_PRINTS: dict[int, tuple[weakref.ref, ParamPrint]] = {}
+
+
 def fingerprint(a: np.ndarray) -> ParamPrint:
+    hit = _PRINTS.get(id(a))
+    if hit is not None and hit[0]() is a:
+        return hit[1]
+    p = _fingerprint(a)
+    try:
+        _PRINTS[id(a)] = (weakref.ref(a, lambda _, k=id(a): _PRINTS.pop(k, None)), p)
+    except TypeError:  # not weak-referenceable: just do not cache
+        pass
+    return p
+
+
+def _fingerprint(a: np.ndarray) -> ParamPrint:
     from . import fastmetrics
 
     if fastmetrics.usable(a, a):  # large float32/bf16 weights: one fused pass instead of five float64 copies
@@ -165,14 +184,18 @@ def name_similarity(a: str, b: str) -> float:
     ta, tb = tokens(a), tokens(b)
     da = [t for t in ta if t.isdigit()]
     db = [t for t in tb if t.isdigit()]
-    wa = [t for t in ta if not t.isdigit()]
-    wb = [t for t in tb if not t.isdigit()]
-    seq = SequenceMatcher(None, wa, wb).ratio() if (wa or wb) else 1.0
-    last = SequenceMatcher(None, wa[-1] if wa else "", wb[-1] if wb else "").ratio()
-    score = 0.5 * seq + 0.5 * last
+    score = _word_similarity(tuple(t for t in ta if not t.isdigit()), tuple(t for t in tb if not t.isdigit()))
     if da != db:
         score *= 0.3
     return score
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_similarity(wa: tuple, wb: tuple) -> float:
+    """Similarity of two paths' words (layer indices removed); cached: layers repeat the same words."""
+    seq = SequenceMatcher(None, wa, wb).ratio() if (wa or wb) else 1.0
+    last = SequenceMatcher(None, wa[-1] if wa else "", wb[-1] if wb else "").ratio()
+    return 0.5 * seq + 0.5 * last
 
 
 def _is_ancestor(anc: str, path: str) -> bool:
