@@ -9,8 +9,8 @@ reports the ratio of medians and the extra peak RSS the tool needed.
 Tools:
 - ``xfdiff``: ``TorchSide.capture()``, the capture ``compare()`` runs (every
   module call's inputs and outputs copied to numpy).
-- ``torchlens``: ``torchlens.trace(model, ..., save="all")`` (every tensor
-  operation, not only module calls).
+- ``torchlens``: ``torchlens.trace(model, input_kwargs=...)``, which by
+  default saves the output of every tensor operation, not only of module calls.
 - ``hf_debugger_full``: ``model_addition_debugger_context(model, debug_path,
   do_prune_layers=False, use_repr=False)``: every module's tensors written
   to safetensors files plus a JSON tree.
@@ -57,7 +57,7 @@ def _tool(name: str, pt, ids):
 
         def run():
             with torch.no_grad():
-                return len(torchlens.trace(pt, input_kwargs={"input_ids": x}, save="all").layer_list)
+                return len(torchlens.trace(pt, input_kwargs={"input_ids": x}).layer_list)  # default: save all
 
         return run
     from transformers import model_addition_debugger_context

@@ -305,29 +305,34 @@ def compare_bounded(pt_model: Any, flax_model: Any, inputs: Any, *, flax_inputs:
         al = E._align(tt, skeleton, mapping, torch_side, flax_side)
         prog.step("comparing as the port runs")
         run = _Run(tt, skeleton, al, tol, store)
-        tf = flax_side.stream(run.on_call)
-        kept = {r.flax.key: r.flax for r in run.rows}
-        tf.records = [kept.get(rec.key, rec) for rec in tf.records]
-        run.rows.sort(key=lambda r: r.torch.order)
-        for i, row in enumerate(run.rows):
-            row.layer.order = i
-        ev = Evidence(tt, tf, al, run.rows, tol, "torch", torch_model=pt_model, flax_model=flax_model)
-        ev.final = run.final
+        ev = _plain_run(flax_side, run, pt_model, flax_model)
         notes: list[str] = []
         if local and ev.rows:
             prog.step("teacher forcing")
             _localize(ev, flax_side, run, notes)
         else:
             L.assign_blame(ev.rows)
-        meta = E._meta(tol, "torch", torch_side, flax_side, tt, tf, al, notes, local)
+        meta = E._meta(tol, "torch", torch_side, flax_side, tt, ev.flax_trace, al, notes, local)
         meta["memory"] = {"mode": "bounded", "reference_bytes_spilled": ref_bytes,
                           "port_bytes_spilled": store.nbytes - ref_bytes, "port_calls_kept": run.kept_calls,
                           "sharded_values": run.sharded}
         report = Report(layers=[r.layer for r in ev.rows], unmatched=al.unmatched, meta=meta,
-                        final=ev.final.layer if ev.final else None)
-        report.findings = list(env_findings)
+                        final=ev.final.layer if ev.final else None, findings=list(env_findings))
         if diagnose:
             prog.step("diagnosing")
             report.findings += E._diagnose(ev, report)
     prog.done()
     return report
+
+
+def _plain_run(flax_side: Any, run: _Run, pt_model: Any, flax_model: Any) -> Evidence:
+    """Run the port once, comparing each call as it returns; rows in the reference's order."""
+    tf = flax_side.stream(run.on_call)
+    kept = {r.flax.key: r.flax for r in run.rows}
+    tf.records = [kept.get(rec.key, rec) for rec in tf.records]
+    run.rows.sort(key=lambda r: r.torch.order)
+    for i, row in enumerate(run.rows):
+        row.layer.order = i
+    ev = Evidence(run.tt, tf, run.al, run.rows, run.tol, "torch", torch_model=pt_model, flax_model=flax_model)
+    ev.final = run.final
+    return ev
