@@ -154,7 +154,7 @@ def confirm_params(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], fp: flo
         total += w
         for nb, vb in pb.items():
             if nb not in used and np.size(va) == np.size(vb):
-                t = param_transform(va, vb)
+                t = param_transform(va, vb, full=False)
                 if t is not None:
                     used.add(nb)
                     found[nb] = t
