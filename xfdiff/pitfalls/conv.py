@@ -105,15 +105,24 @@ def _control(c: ConvSite) -> tuple[tuple, float]:
     return p, e
 
 
-@register("conv_padding", ids=("same_padding",), stage=0)
-def detect_same_padding(site: Site):
-    """Which (lo, hi) padding the port used (pitfalls.md P10)."""
+def _controlled(site: Site):
+    """``(ConvSite, reference padding, control error)``, or None when the site is no conv or the control fails."""
     c = ConvSite(site)
     if not c.ok():
         return None
     pads, control = _control(c)
     if control > 3 * site.tau:
         return None
+    return c, pads, control
+
+
+@register("conv_padding", ids=("same_padding",), stage=0)
+def detect_same_padding(site: Site):
+    """Which (lo, hi) padding the port used (pitfalls.md P10)."""
+    ready = _controlled(site)
+    if ready is None:
+        return None
+    c, pads, control = ready
     scored = [(rel(site.y_port, c.run(p), site.y_ref), p) for p in c.pad_options() if p != pads]
     if not scored:
         return None
@@ -146,12 +155,10 @@ _DIHEDRAL = {
 @register("conv_kernel", ids=("conv_kernel_layout",), stage=0)
 def detect_conv_kernel(site: Site):
     """Kernel window transposed or flipped (pitfalls.md P13)."""
-    c = ConvSite(site)
-    if not c.ok():
+    ready = _controlled(site)
+    if ready is None:
         return None
-    pads, control = _control(c)
-    if control > 3 * site.tau:
-        return None
+    c, pads, control = ready
     scored = []
     for name, fn in _DIHEDRAL.items():
         wv = fn(f64(c.w))
