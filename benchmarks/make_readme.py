@@ -68,7 +68,9 @@ def peers_section(d: dict) -> list[str]:
         "## PyTorch-side capture against peers",
         "",
         f"`{d['command']}` — the same 12-layer Llama, seq {d['model']['seq']}; each tool in its own process, "
-        f"warm, median of {d['repeats']}; extra peak RSS over the models and warm bare forwards.",
+        f"warm, median of {d['repeats']}; extra peak RSS over the models and warm bare forwards. "
+        "The peers are not project dependencies: `pip install --no-deps torchlens==2.36.1 && pip install graphviz "
+        "pillow` (with `--no-deps` so torch stays at the pinned CPU build).",
         "",
         "| tool | what it records | ratio to bare forward | time vs xfdiff | extra peak RSS (MiB) |",
         "|---|---|---:|---:|---:|",
