@@ -279,23 +279,20 @@ def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
 
 
 def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -> list[Row]:
-    by_f: dict[str, list[CallRecord]] = {}
-    for r in tf.records:
-        by_f.setdefault(r.path, []).append(r)
     rows = []
     ref_trace = tt if reference == "torch" else tf
+    rev = al.reverse
     for rec in ref_trace.records:
         if reference == "torch":
             a = rec.path
             if a not in al.pairs:
                 continue
-            calls = by_f.get(al.pairs[a], [])
+            calls = tf.calls_of(al.pairs[a])
             j = rec.call_index + al.offset.get(a, 0)
             if j >= len(calls):
                 continue
             rt, rf = rec, calls[j]
         else:
-            rev = al.reverse
             if rec.path not in rev:
                 continue
             tcalls = tt.calls_of(rev[rec.path])

@@ -122,7 +122,14 @@ class Trace:
         return {r.key: r for r in self.records}
 
     def calls_of(self, path: str) -> list[CallRecord]:
-        return [r for r in self.records if r.path == path]
+        """Calls of ``path`` in completion order (indexed; rebuilt when ``records`` changes)."""
+        key = (id(self.records), len(self.records))
+        if getattr(self, "_index_key", None) != key:
+            index: dict[str, list[CallRecord]] = {}
+            for r in self.records:
+                index.setdefault(r.path, []).append(r)
+            self._index, self._index_key = index, key
+        return list(self._index.get(path, ()))
 
     def paths(self) -> list[str]:
         """Distinct module paths in order of first completion."""
