@@ -28,6 +28,9 @@ from ..trace import CallRecord, Trace, canonical_path
 from . import Substitute, leaf_key
 
 _SCALARS = (bool, int, float, str)
+# Errors raised while tracing a model that needs concrete values: run it eagerly instead.
+_NEEDS_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
+                   jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
 
 
 def key_str(entry: Any) -> str:
@@ -264,8 +267,7 @@ class LinenSide:
         if self.jit:
             try:
                 return self._capture(substitute, True, record_outputs)
-            except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError):
+            except _NEEDS_CONCRETE:
                 self.jit = False  # the model needs concrete values; run it eagerly
         return self._capture(substitute, False, record_outputs)
 
@@ -357,9 +359,8 @@ class LinenSide:
             fn, statics = _cached_jit(self._owner, sig, run, statics)
         try:
             _, captured = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-                jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError):
-            raise
+        except _NEEDS_CONCRETE:
+            raise  # capture() retries eagerly
         except Exception as e:
             raise CaptureError(
                 f"The Flax model {self.label} raised {type(e).__name__} during its forward pass: {e}. "
