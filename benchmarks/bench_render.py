@@ -113,7 +113,7 @@ def _dash_first_view(driver, url: str, label: str) -> tuple[float, float, float,
              f"return v && v.textContent.includes('First divergence') && t && t.textContent.includes({_js_str(label)})"
              f" && document.getElementById('xf-facts').textContent.length > 0"
              f" && document.querySelector('#xf-depth .scatterlayer .trace')"
-             f" && document.querySelector('#xf-grid .ag-row') && {_IDLE};")
+             f" && document.querySelector('#xf-grid .xf-row') && {_IDLE};")
     t_first = driver.execute_async_script(_WAIT, first)
     metrics = driver.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]
     cpu = 1000 * next(m["value"] for m in metrics if m["name"] == "ThreadTime")
@@ -126,12 +126,12 @@ def _dash_detail(driver, report, n: int = 5) -> list[float]:
     from selenium.webdriver.common.by import By
 
     fd = report.first_divergence.order
-    rows = driver.find_elements(By.CSS_SELECTOR, "#xf-grid .ag-center-cols-container .ag-row")
-    ids = [r.get_attribute("row-id") for r in rows if r.get_attribute("row-id") != str(fd)][:n]
+    rows = driver.find_elements(By.CSS_SELECTOR, "#xf-grid .xf-row")
+    ids = [r.get_attribute("data-row-id") for r in rows if r.get_attribute("data-row-id") != str(fd)][:n]
     out = []
     for rid in ids:
         lyr = report.layers[int(rid)]
-        cell = driver.find_element(By.CSS_SELECTOR, f'#xf-grid .ag-row[row-id="{rid}"] .ag-cell[col-id="layer"]')
+        cell = driver.find_element(By.CSS_SELECTOR, f'#xf-grid .xf-row[data-row-id="{rid}"] [data-col="layer"]')
         t0 = driver.execute_script("return performance.now()")
         cell.click()
         cond = (f"return document.getElementById('xf-detail-title').textContent.includes({_js_str(lyr.label)})"

@@ -15,6 +15,7 @@ import xfdiff
 from xfdiff.dashboard import callbacks as C
 from xfdiff.dashboard import figures as F
 from xfdiff.dashboard import ids
+from xfdiff.dashboard import layout as L
 from xfdiff.dashboard import tables as T
 from xfdiff.report import Finding, LayerDiff, Report
 
@@ -184,6 +185,43 @@ def test_table_callback_filters_and_counts(demo_report):
     shown, text = C.table_values(rows, ["diverged"], [], "")
     assert len(shown) == sum(r["status"] == "diverged" for r in rows)
     assert text == f"{len(shown)} of {len(rows)} rows"
+    # The browser gets only what the table shows; searching by path happens here, on the server.
+    assert all(set(r) == set(L.GRID_FIELDS) for r in shown)
+    shown, _ = C.table_values(rows, ["ok", "diverged"], [], demo_report.layers[5].torch_path)
+    assert str(demo_report.layers[5].order) in {r["rid"] for r in shown}
+
+
+def test_module_table_columns_exist_in_the_rows(demo_report):
+    rows = L.grid_rows(T.layer_rows(demo_report))
+    assert {c["field"] for c in L.COLUMNS} <= set(rows[0])
+    assert all(c.get("kind", "text") in ("int", "sci", "status", "text") for c in L.COLUMNS)
+    table = L.table_section(demo_report, 3)
+    grid = next(c for c in table.children if getattr(c, "id", None) == ids.GRID)
+    assert grid.selected == "3" and grid.scroll_to == {"rowId": "3"} and len(grid.rows) == len(demo_report.layers)
+
+
+def test_page_loads_the_partial_plotly_bundle_it_needs_and_no_grid_library(demo_report):
+    from xfdiff.dashboard import PLOTLY_BUNDLE
+
+    app = xfdiff.dashboard.create_app(demo_report)
+    client = app.server.test_client()
+    page = client.get("/").get_data(as_text=True)
+    assert f'src="assets/{PLOTLY_BUNDLE}"' in page and 'src="assets/module_table.js"' in page
+    assert "ag_grid" not in page and "plotly.min.js" not in page
+    # The bundle scripts come before the renderer, so window.Plotly exists before the first plot.
+    assert page.index(PLOTLY_BUNDLE) < page.index('id="_dash-renderer"')
+    bundle = client.get(f"/assets/{PLOTLY_BUNDLE}")
+    assert bundle.status_code == 200
+    head = bundle.get_data(as_text=True)[:200]
+    bundle.close()
+    assert "plotly.js (cartesian - minified) v" in head and "MIT license" in head
+    assert client.get("/assets/module_table.js").status_code == 200
+    # Every trace type the views draw is in the partial bundle.
+    cartesian = {"bar", "box", "contour", "heatmap", "histogram", "histogram2d", "histogram2dcontour", "image",
+                 "pie", "scatter", "scatterternary", "violin"}
+    figs = [F.depth_figure(demo_report)] + [f for lyr in demo_report.layers for f in F.detail_figures(lyr).values()]
+    used = {t.get("type", "scatter") for f in figs for t in f["data"]}
+    assert used and used <= cartesian
 
 
 def test_download_payloads_are_a_loadable_report_and_html(demo_report, tmp_path):

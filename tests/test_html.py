@@ -37,10 +37,15 @@ def test_report_file_references_nothing_remote(demo_page):
         assert not re.search(pattern, demo_page, re.I), pattern
 
 
-def test_report_file_carries_plotly_js_inline(demo_page):
-    from plotly.offline import get_plotlyjs
+def test_report_file_carries_the_dashboards_plotly_bundle_inline(demo_page):
+    from importlib import resources
 
-    assert _unpacked(demo_page, "xf-plotly") == get_plotlyjs()
+    from xfdiff.dashboard import PLOTLY_BUNDLE
+
+    bundle = (resources.files("xfdiff") / "dashboard" / "assets" / PLOTLY_BUNDLE).read_text(encoding="utf-8")
+    inline = _unpacked(demo_page, "xf-plotly")
+    assert inline == bundle
+    assert "plotly.js" in inline[:300] and "MIT" in inline[:300]  # the bundle's licence header travels with it
 
 
 def test_report_file_states_first_divergence_without_javascript(demo_report, demo_page):

@@ -27,7 +27,7 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from .report import Unmatched
-from .trace import ROOT, Trace, parent_path
+from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
 
 @dataclass
@@ -86,7 +86,10 @@ class ParamPrint:
 _PRINTS: dict[int, tuple[weakref.ref, ParamPrint]] = {}
 
 
-def fingerprint(a: np.ndarray) -> ParamPrint:
+def fingerprint(a: np.ndarray, token: ParamToken | None = None) -> ParamPrint:
+    """Fingerprint of ``a``; with the token of its source, remembered across comparisons."""
+    if token is not None:
+        return derived(token, "fingerprint", lambda: fingerprint(a))
     hit = _PRINTS.get(id(a))
     if hit is not None and hit[0]() is a:
         return hit[1]
@@ -99,8 +102,11 @@ def fingerprint(a: np.ndarray) -> ParamPrint:
 
 
 def _fingerprint(a: np.ndarray) -> ParamPrint:
-    from . import fastmetrics
+    from . import fastmetrics, hostmetrics
 
+    if (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size >= fastmetrics.MIN_FAST
+            and hostmetrics.available()):
+        return ParamPrint(*hostmetrics.fingerprint_sums(a))  # one compiled pass, any shape
     if fastmetrics.usable(a, a):  # large float32/bf16 weights: one fused pass instead of five float64 copies
         return ParamPrint(*fastmetrics.fingerprint_sums(a))
     x = np.asarray(a, dtype=np.float64).ravel()
@@ -181,13 +187,18 @@ def name_similarity(a: str, b: str) -> float:
     """1.0 for equal normalised paths; digits (layer indices) must agree."""
     if a == b:
         return 1.0
-    ta, tb = tokens(a), tokens(b)
-    da = [t for t in ta if t.isdigit()]
-    db = [t for t in tb if t.isdigit()]
-    score = _word_similarity(tuple(t for t in ta if not t.isdigit()), tuple(t for t in tb if not t.isdigit()))
+    (wa, da), (wb, db) = _name_parts(a), _name_parts(b)
+    score = _word_similarity(wa, wb)
     if da != db:
         score *= 0.3
     return score
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_parts(path: str) -> tuple[tuple, tuple]:
+    """A path's words and its digits (layer indices), each in order."""
+    ts = tokens(path)
+    return tuple(t for t in ts if not t.isdigit()), tuple(t for t in ts if t.isdigit())
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -232,14 +243,66 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
     return al
 
 
+# Recent results of _pair_parametrised, keyed by everything they depend on (see _memo_key).
+_MEMO: dict[tuple, tuple[list, list, dict]] = {}
+_MEMO_MAX = 8
+
+
+def _memo_key(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignment):
+    """What parameter pairing depends on: the module lists, their parameters' tokens, the
+    pairs fixed before it, and (for tied weights) call counts and first-call order.
+
+    ``None`` when a parameter has no token (a numpy array can change unseen).
+    """
+    toks = []
+    keys = []
+    for trace, paths in ((ta, A), (tb, B)):
+        for p in paths:
+            own = trace.param_tokens.get(p, {})
+            for name in trace.params[p]:
+                tok = own.get(name)
+                if tok is None:
+                    return None, None
+                toks.append(tok)
+                keys.append((p, name, tok.key, np.shape(trace.params[p][name])))
+    first = {r.path: r.order for r in reversed(ta.records)}
+    calls = (tuple(len(tb.calls_of(b)) for b in B), tuple(len(ta.calls_of(a)) for a in A),
+             tuple(first.get(a, 0) for a in A))
+    return (tuple(A), tuple(B), tuple(keys), tuple(sorted(al.pairs.items())), calls), toks
+
+
 def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    """Pair modules that own parameters; remembered while both models' parameters are unchanged.
+
+    Everything this step reads is in its memo key, so a repeated comparison
+    (a port's code edited, its weights not) reuses the pairing exactly as
+    computed the first time.
+    """
     A = [p for p in pa_paths if ta.params.get(p) and p not in al.pairs]
     taken = set(al.pairs.values())
     B = [p for p in pb_paths if tb.params.get(p) and p not in taken]
     if not A or not B:
         return
-    fa = {p: [fingerprint(v) for v in ta.params[p].values()] for p in A}
-    fb = {p: [fingerprint(v) for v in tb.params[p].values()] for p in B}
+    key, toks = _memo_key(ta, tb, A, B, al)
+    hit = _MEMO.get(key) if key is not None else None
+    if hit is not None and all(t.alive() for t in hit[0]):
+        for a, b, how, conf in hit[1]:
+            al.add(a, b, how, conf)
+        al.offset.update(hit[2])
+        return
+    before, offsets_before = dict(al.pairs), dict(al.offset)
+    _pair_parametrised_now(ta, tb, A, B, al)
+    if key is not None:
+        added = [(a, b, al.how[a], al.confidence[a]) for a, b in al.pairs.items() if a not in before]
+        offsets = {a: o for a, o in al.offset.items() if offsets_before.get(a) != o}
+        if len(_MEMO) >= _MEMO_MAX:
+            del _MEMO[next(iter(_MEMO))]
+        _MEMO[key] = (toks, added, offsets)
+
+
+def _pair_parametrised_now(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignment) -> None:
+    fa = {p: [fingerprint(v, ta.param_tokens.get(p, {}).get(n)) for n, v in ta.params[p].items()] for p in A}
+    fb = {p: [fingerprint(v, tb.param_tokens.get(p, {}).get(n)) for n, v in tb.params[p].items()] for p in B}
     rank_a = {p: i / max(len(A) - 1, 1) for i, p in enumerate(A)}
     rank_b = {p: i / max(len(B) - 1, 1) for i, p in enumerate(B)}
     # Candidate pairs: a shared informative fingerprint, or a shared last name token.
@@ -259,9 +322,14 @@ def _pair_parametrised(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) 
             cands.update(bucket.get((q.numel, round(q.s2, 2)), []))
         w = [t for t in tokens(a) if not t.isdigit()]
         cands.update(by_last.get(w[-1] if w else "", []))
+        # Constant parameters alone (freshly initialised norms) identify nothing: confirm_params
+        # would cap such a match below 0.5 without looking at the values.
+        a_informative = any(q.informative and q.numel > 1 for q in fa[a])
         for b in cands:
             fp = fingerprint_score(fa[a], fb[b])
-            if fp >= 0.5:  # statistics agree: confirm on the values under a legal parameter transform
+            if fp >= 0.5 and not a_informative:
+                fp, layouts[(a, b)] = min(fp, 0.45), "identity"
+            elif fp >= 0.5:  # statistics agree: confirm on the values under a legal parameter transform
                 fp, layouts[(a, b)] = confirm_params(ta.params[a], tb.params[b], fp)
             nm = name_similarity(a, b)
             order = 1.0 - abs(rank_a[a] - rank_b[b])
@@ -290,10 +358,13 @@ def _pair_tied(ta: Trace, tb: Trace, A: list[str], fa: dict, fb: dict, al: Align
     (``Alignment.offset`` says where its calls start).
     """
     first = {r.path: r.order for r in reversed(ta.records)}
+    paired_b = set(al.pairs.values())
     for b, prints in fb.items():
-        tied = [a for a in A if fingerprint_score(fa[a], prints) >= 0.99 and (a not in al.pairs or al.pairs[a] == b)]
         n_b = len(tb.calls_of(b))
-        if len(tied) < 2 or b not in al.pairs.values() or n_b < 2:
+        if b not in paired_b or n_b < 2:
+            continue  # only a paired module called several times can stand for several torch modules
+        tied = [a for a in A if fingerprint_score(fa[a], prints) >= 0.99 and (a not in al.pairs or al.pairs[a] == b)]
+        if len(tied) < 2:
             continue
         offset = 0
         for a in sorted(tied, key=lambda p: first.get(p, 0)):

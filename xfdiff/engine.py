@@ -11,7 +11,7 @@ import numpy as np
 from .align import Alignment, align
 from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
 from .evidence import Evidence, Row
-from .fastmetrics import stats_and_detail
+from .fastmetrics import parallel_map, stats_and_detail
 from .layout import Transform, best_transform, candidates, input_layout
 from .localize import assign_blame, localize
 from .metrics import Tolerance, as_tolerance, lower_precision, status_of
@@ -279,7 +279,7 @@ def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
 
 
 def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -> list[Row]:
-    rows = []
+    pairs = []
     ref_trace = tt if reference == "torch" else tf
     rev = al.reverse
     for rec in ref_trace.records:
@@ -299,10 +299,11 @@ def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -
             if rec.call_index >= len(tcalls):
                 continue
             rt, rf = tcalls[rec.call_index], rec
-        row = _make_row(rt, rf, al, tol, reference)
-        if row is not None:
-            row.layer.order = len(rows)
-            rows.append(row)
+        pairs.append((rt, rf))
+    made = parallel_map(lambda pair: _make_row(pair[0], pair[1], al, tol, reference), pairs)
+    rows = [row for row in made if row is not None]
+    for i, row in enumerate(rows):
+        row.layer.order = i
     return rows
 
 

@@ -31,6 +31,7 @@ Design notes:
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any
 
@@ -173,6 +174,27 @@ def _kernels():
     return compare_kernel, fingerprint_kernel, gather_kernel, max_diff_kernel
 
 
+_POOL: list = []
+
+
+def parallel_map(fn, items) -> list:
+    """``[fn(x) for x in items]`` on a small pool of threads, in order.
+
+    Measurements are numpy ufuncs and XLA calls, which run without the GIL,
+    so rows measured on two threads take about half the time on two cores.
+    An exception in ``fn`` is raised here, as in the loop.
+    """
+    items = list(items)
+    workers = min(4, os.cpu_count() or 1)
+    if workers < 2 or len(items) < 8:
+        return [fn(x) for x in items]
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xfdiff-measure"))
+    return list(_POOL[0].map(fn, items))
+
+
 def max_abs_diff(a: Any, b: Any) -> float:
     """``max |a - b|`` in float32 (NaN when either holds NaN).
 
@@ -198,6 +220,10 @@ def _as2d(a: Any, rows: int, cols: int) -> Any:
 def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = True, seed: int = 0):
     """:func:`metrics.compare_arrays` (and :func:`metrics.error_detail`) with fused kernels.
 
+    Finite float32 numpy arrays up to :data:`BLOCK` elements (almost every
+    activation) are measured on the host by :mod:`xfdiff.hostmetrics` when
+    numba is installed: a jit dispatch costs more than the arithmetic there.
+
     Args:
         ref, port: arrays of equal shape (numpy or JAX, possibly sharded),
             float32 or a half precision.
@@ -212,6 +238,10 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
     shape = tuple(np.shape(ref))
     rows, cols = _shape2d(shape)
     r2, p2 = _as2d(ref, rows, cols), _as2d(port, rows, cols)
+    if _host_ok(r2, p2):
+        done = _compare_host(r2, p2, atol, rtol, detail, shape, seed)
+        if done is not None:
+            return done
     row_edges = _pool_edges(rows, HEATMAP_MAX)
     row_bin = (np.searchsorted(row_edges, np.arange(rows), side="right") - 1) if row_edges is not None \
         else np.arange(rows)
@@ -225,6 +255,52 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
     if not detail:
         return stats, None
     return stats, _detail_from(parts, shape, cols, ref, port, seed)
+
+
+def _host_ok(r2: Any, p2: Any) -> bool:
+    if not (isinstance(r2, np.ndarray) and isinstance(p2, np.ndarray) and r2.dtype == np.float32
+            and p2.dtype == np.float32 and r2.size <= BLOCK):
+        return False
+    from . import hostmetrics
+
+    return hostmetrics.available()
+
+
+def _compare_host(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bool, shape: tuple,
+                  seed: int):
+    """The fused kernel's results from :mod:`xfdiff.hostmetrics` (finite float32 numpy arrays).
+
+    Returns ``None`` when either side holds a non-finite value: the kernel handles those.
+    """
+    from . import hostmetrics
+
+    got = hostmetrics.measure(r2, p2, atol, rtol, detail, (LOG_LO, FINE, _N_FINE))
+    if got is None:
+        return None
+    sums, max_abs, need, outside, det = got
+    rows, cols = r2.shape
+    n = rows * cols
+    g = {"sums": np.asarray(sums, dtype=np.float64).reshape(4, 1), "max_abs": max_abs, "need": need,
+         "outside": outside, "n_both": n, "n_nonfinite": 0, "nf_mismatch": 0}
+    stats = _stats_from([g], n)
+    if det is None:
+        return stats, None
+    fine, row_max, heat, profile, first = det
+    n_pos = int(fine.sum())
+    k = min(WORST_K, n)
+    # The k largest errors lie in the k rows with the largest maxima.
+    top_rows = np.argpartition(row_max, rows - k)[rows - k:] if rows > k else np.arange(rows)
+    sub = np.abs(p2[top_rows] - r2[top_rows]).ravel()
+    flat = np.argpartition(sub, sub.size - k)[sub.size - k:] if sub.size > k else np.arange(sub.size)
+    ri, ci = top_rows[flat // cols], flat % cols
+    parts = {
+        "worst_val": sub[flat], "worst_row": ri, "worst_col": ci, "worst_ref": r2[ri, ci], "worst_port": p2[ri, ci],
+        # Only floor(log_min) is used: the first non-empty fine bin's start has the same floor.
+        "log_min": LOG_LO + first / FINE if n_pos else np.inf,
+        "log_max": np.log10(np.float64(max_abs)) if n_pos else -np.inf,
+        "fine_counts": fine, "n_exact": n - n_pos, "col_max": profile, "row_pool": heat,  # already pooled
+    }
+    return stats, _detail_from([(0, {"detail": parts})], shape, cols, r2, p2, seed)
 
 
 def _to_host(tree: dict) -> dict:
@@ -258,8 +334,21 @@ def _stats_from(parts: list[dict], n: int) -> Stats:
 
 
 def _pool_host(a: np.ndarray, axis: int, out: int) -> np.ndarray:
+    """Max-pool ``axis`` into ``out`` bins (the bins of ``metrics._pool_max``).
+
+    Bins differ by at most one element; each short bin repeats its last
+    element once, so every bin has the same width and one reshaped max does
+    it (``reduceat`` loops per segment and is several times slower).
+    """
     edges = _pool_edges(a.shape[axis], out)
-    return a if edges is None else np.maximum.reduceat(a, edges[:-1], axis=axis)
+    if edges is None:
+        return a
+    width = int(np.max(np.diff(edges)))
+    shape = a.shape[:axis] + (out, width) + a.shape[axis + 1:]
+    if a.shape[axis] != out * width:
+        idx = np.minimum(edges[:-1, None] + np.arange(width), edges[1:, None] - 1).ravel()
+        a = np.take(a, idx, axis=axis)
+    return a.reshape(shape).max(axis=axis + 1)
 
 
 def _histogram(dets: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -270,7 +359,8 @@ def _histogram(dets: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
     hi_val = max(float(d["log_max"]) for d in dets)
     lo, hi = np.floor(lo_val), np.ceil(hi_val)
     hi = max(hi, lo + 1)
-    fine = np.sum([d["fine_counts"] for d in dets], axis=0, dtype=np.int64)
+    fine = dets[0]["fine_counts"] if len(dets) == 1 else np.sum([d["fine_counts"] for d in dets], axis=0,
+                                                                 dtype=np.int64)
     width = int(round((hi - lo) * FINE / HIST_BINS))  # fine bins per histogram bin: whole decades / 40
     start = int(round((lo - LOG_LO) * FINE))
     stop = start + width * HIST_BINS
@@ -295,16 +385,23 @@ def _detail_from(parts: list[tuple[int, dict]], shape: tuple, cols: int, ref: An
     if hist is not None:
         out["hist_edges"], out["hist_counts"] = hist
     out["n_exact"] = np.asarray(sum(int(d["n_exact"]) for d in dets))
-    col_max = np.max([d["col_max"] for d in dets], axis=0)
-    row_pool = np.max([d["row_pool"] for d in dets], axis=0)
+    col_max = dets[0]["col_max"] if len(dets) == 1 else np.max([d["col_max"] for d in dets], axis=0)
+    row_pool = dets[0]["row_pool"] if len(dets) == 1 else np.max([d["row_pool"] for d in dets], axis=0)
     out["profile"] = _pool_host(col_max, 0, PROFILE_MAX).astype(np.float32)
     out["heatmap"] = _pool_host(row_pool, 1, HEATMAP_MAX).astype(np.float32)
+    idx = np.unique(np.concatenate([_sample(n, seed), worst[: min(5, worst.size)]]))
+    out["scatter_ref"], out["scatter_port"] = _gather(ref, port, idx)
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _sample(n: int, seed: int) -> np.ndarray:
+    """The scatter plot's sorted sample of flat indices (as ``error_detail`` draws it); same for equal sizes."""
     rng = np.random.default_rng(seed)
     m = min(SCATTER_MAX, n)
     idx = np.sort(rng.choice(n, size=m, replace=False)) if n > m else np.arange(m)
-    idx = np.unique(np.concatenate([idx, worst[: min(5, worst.size)]]))
-    out["scatter_ref"], out["scatter_port"] = _gather(ref, port, idx)
-    return out
+    idx.flags.writeable = False
+    return idx
 
 
 def _gather(ref: Any, port: Any, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """HTML views of a report: the notebook summary and the self-contained report file.
 
-The report file opens offline: plotly.js and the per-layer plots are stored
-inside it, gzip-compressed and base64-encoded, and unpacked by the browser
+The report file opens offline: plotly.js (the dashboard's partial bundle with
+the cartesian trace types) and the per-layer plots are stored inside it, gzip-compressed and base64-encoded, and unpacked by the browser
 (``DecompressionStream``); no remote script or stylesheet is referenced. The
 verdict, findings and unmatched modules are plain HTML, readable without
 JavaScript. Plots come from :mod:`xfdiff.dashboard.figures`, text from
@@ -97,10 +97,11 @@ def _asset(name: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _plotly_packed() -> str:
-    """plotly.js, gzip-compressed and base64-encoded (computed once per process: it takes a second)."""
-    from plotly.offline import get_plotlyjs
+    """The dashboard's partial plotly.js bundle (every trace type xfdiff draws), gzip + base64, once per process."""
+    from .dashboard import PLOTLY_BUNDLE
 
-    return _packed(get_plotlyjs())
+    bundle = resources.files("xfdiff") / "dashboard" / "assets" / PLOTLY_BUNDLE
+    return _packed(bundle.read_text(encoding="utf-8"))
 
 
 # --- per-layer payload ---------------------------------------------------------------------

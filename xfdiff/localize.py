@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import XfdiffError
 from .evidence import Evidence, Row
-from .fastmetrics import stats_and_detail
+from .fastmetrics import parallel_map, stats_and_detail
 from .layout import Transform, best_transform, candidates
 from .metrics import status_of
 from .trace import CallRecord, Trace, call_key
@@ -88,10 +88,17 @@ def localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
         if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
             lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
             continue
+        gaps.append((row, m, ref_rec, port_rec, lrec))
+
+    def measure(g):  # each row's own error and its input gap; rows are independent here
+        row, m, ref_rec, port_rec, lrec = g
         _local_error(row, m, ref_rec, port_rec, lrec)
-        gaps.append((row, m, ref_rec, lrec))
-    for row, m, ref_rec, lrec in gaps:  # after every row has its own local error
-        _input_gap(row, m, ref_rec, lrec, local_trace, port_row)
+        return _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
+
+    worst = parallel_map(measure, gaps)
+    for (row, _m, _ref_rec, _port_rec, lrec), w in zip(gaps, worst, strict=True):
+        if w is not None:  # blame needs every row's own local error, measured above
+            _blame_gap(row, *w, lrec, local_trace, port_row)
     assign_blame(ev.rows)
 
 
@@ -112,19 +119,13 @@ def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: C
         lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
 
 
-def _input_gap(row: Row, m, ref_rec: CallRecord, lrec: CallRecord, local_trace: Trace, port_row: dict) -> None:
-    """Error already present in a call's own input under teacher forcing.
-
-    Every earlier aligned call was forced, so what is left is what the
-    enclosing module's own code (between its children) did: blame the parent.
-    """
-    worst = _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
-    if worst is not None:
-        _blame_gap(row, *worst, lrec, local_trace, port_row)
-
-
 def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
-    """``(stats, leaf)`` of the worst forced input leaf before replacement, or None."""
+    """``(stats, leaf)`` of the worst forced input leaf before replacement, or None.
+
+    Error already present in a call's own input under teacher forcing: every
+    earlier aligned call was forced, so what is left is what the enclosing
+    module's own code (between its children) did (:func:`_blame_gap`).
+    """
     worst = None
     for pk, (rk, t) in m.items():
         raw = lrec.raw_inputs.get(pk)

@@ -12,8 +12,9 @@ Canonical paths are dotted with integer components as digits
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -106,14 +107,17 @@ class Trace:
     """All calls of one forward pass on one side.
 
     ``params`` maps a module's canonical path to the parameters it owns
-    directly (not its children's), by local name. ``config`` holds scalar
-    settings read off each module (epsilon, approximate, training, ...).
+    directly (not its children's), by local name; ``param_tokens`` holds
+    their :class:`ParamToken` where the framework can say when values
+    change. ``config`` holds scalar settings read off each module (epsilon,
+    approximate, training, ...).
     """
 
     side: str  # "torch" or "flax"
     framework: str  # "torch", "linen", "nnx", "jax"
     records: list[CallRecord] = field(default_factory=list)
     params: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    param_tokens: dict[str, dict[str, ParamToken]] = field(default_factory=dict)
     module_types: dict[str, str] = field(default_factory=dict)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -141,6 +145,47 @@ class Trace:
     def root(self) -> CallRecord | None:
         roots = [r for r in self.records if r.path == ROOT]
         return roots[-1] if roots else None
+
+
+class ParamToken:
+    """The identity of a parameter's current values, without holding the parameter.
+
+    ``key`` names the framework object and its version (a torch tensor's
+    in-place write counter; a JAX array never changes). While the object is
+    alive, an equal key means equal values, so whatever was computed from
+    them (fingerprints, an alignment) can be reused: see :func:`derived`.
+    Arrays without a version (numpy) get no token.
+    """
+
+    __slots__ = ("key", "_ref")
+
+    def __init__(self, key: tuple, obj: Any):
+        self.key = key
+        self._ref = weakref.ref(obj)
+
+    def alive(self) -> bool:
+        return self._ref() is not None
+
+
+_DERIVED: dict[tuple, tuple[ParamToken, Any]] = {}
+_DERIVED_MAX = 1 << 16
+
+
+def derived(token: ParamToken | None, what: str, make: Callable[[], Any]) -> Any:
+    """``make()``, remembered per ``(what, token)`` while the token's object lives."""
+    if token is None:
+        return make()
+    k = (what, *token.key)
+    hit = _DERIVED.get(k)
+    if hit is not None and hit[0].alive():
+        return hit[1]
+    value = make()
+    if len(_DERIVED) >= _DERIVED_MAX:  # objects that died leave entries behind: drop them
+        for key in [key for key, (tok, _) in _DERIVED.items() if not tok.alive()]:
+            del _DERIVED[key]
+    if len(_DERIVED) < _DERIVED_MAX:
+        _DERIVED[k] = (token, value)
+    return value
 
 
 def _is_float(a: Any) -> bool:

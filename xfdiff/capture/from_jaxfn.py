@@ -32,12 +32,12 @@ import numpy as np
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
 from . import Substitute
-from .from_linen import function_name, key_str, to_jax_inputs
+from .from_linen import function_name, jax_token, key_str, to_jax_inputs
 from .jax_record import run_once, run_with_fallbacks
 
 
-def params_by_path(params: Any) -> dict[str, dict[str, np.ndarray]]:
-    """Float arrays of a parameter tree grouped by the path of the dict that holds them."""
+def params_by_path(params: Any, tokens: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Float arrays of a parameter tree grouped by the path of the dict that holds them (and tokens of JAX arrays)."""
     if isinstance(params, Mapping) and set(params) == {"params"}:
         params = params["params"]
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -47,7 +47,10 @@ def params_by_path(params: Any) -> dict[str, dict[str, np.ndarray]]:
             continue
         parts = [key_str(p) for p in path]
         owner = canonical_path(tuple(parts[:-1]))
-        out.setdefault(owner, {})[parts[-1] if parts else "value"] = np.asarray(leaf)
+        name = parts[-1] if parts else "value"
+        out.setdefault(owner, {})[name] = np.asarray(leaf)
+        if tokens is not None and isinstance(leaf, jax.Array):
+            tokens.setdefault(owner, {})[name] = jax_token(leaf)
     return out
 
 
@@ -125,7 +128,7 @@ class TapSide:
                 "Mark values with xfdiff.tap(path, value).",
                 stacklevel=3,
             )
-        trace.params = params_by_path(self.params) if has_params else {}
+        trace.params = params_by_path(self.params, trace.param_tokens) if has_params else {}
         for p in trace.params:
             trace.module_types.setdefault(p, "params")
         trace.meta.update({

@@ -24,7 +24,7 @@ import numpy as np
 from flax import linen as nn
 
 from ..errors import CaptureError, InputError, ModelTypeError
-from ..trace import CallRecord, Trace, canonical_path
+from ..trace import CallRecord, ParamToken, Trace, canonical_path
 from . import Substitute, leaf_key
 
 _SCALARS = (bool, int, float, str)
@@ -99,8 +99,11 @@ def module_config(mod: Any) -> dict[str, Any]:
     return cfg
 
 
-def params_by_path(variables: Mapping) -> dict[str, dict[str, np.ndarray]]:
-    """Arrays each module owns directly, by canonical module path."""
+def params_by_path(variables: Mapping, tokens: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Arrays each module owns directly, by canonical module path.
+
+    ``tokens``, when given, receives a :class:`~xfdiff.trace.ParamToken` per JAX array.
+    """
     out: dict[str, dict[str, np.ndarray]] = {}
 
     def walk(tree: Any, parts: tuple, collection: str) -> None:
@@ -111,11 +114,18 @@ def params_by_path(variables: Mapping) -> dict[str, dict[str, np.ndarray]]:
                 arr = getattr(v, "value", v)
                 name = k if collection == "params" else f"{collection}.{k}"
                 out.setdefault(canonical_path(parts), {})[name] = np.asarray(arr)
+                if tokens is not None and isinstance(arr, jax.Array):
+                    tokens.setdefault(canonical_path(parts), {})[name] = jax_token(arr)
 
     for collection, tree in variables.items():
         if isinstance(tree, Mapping):
             walk(tree, (), collection)
     return out
+
+
+def jax_token(arr: jax.Array) -> ParamToken:
+    """JAX arrays are immutable: the object is the identity of its values."""
+    return ParamToken(("jax", id(arr)), arr)
 
 
 def to_jax_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
@@ -308,9 +318,20 @@ class LinenSide:
             for i, x in zip(dyn_idx, dyn, strict=True):
                 full[i] = x
             args, kwargs = jax.tree_util.tree_unflatten(treedef, full)
-            captured: list = []
+            uniq: list = []  # every recorded value once: a block's output is also its last child's
+            where: dict[int, int] = {}
             counters: dict[str, int] = {}
             stack: list[tuple] = []
+
+            def slots(leaves: dict) -> dict[str, int]:
+                out = {}
+                for k, v in leaves.items():
+                    i = where.get(id(v))  # uniq holds every value, so ids stay unique
+                    if i is None:
+                        i = where[id(v)] = len(uniq)
+                        uniq.append(v)
+                    out[k] = i
+                return out
 
             def interceptor(next_fun, a, kw, ctx):
                 name = ctx.method_name
@@ -340,16 +361,17 @@ class LinenSide:
                 finally:
                     stack.pop()
                 outs = flatten_arrays(out, ("out",)) if record_outputs else {}
-                statics.append((path, idx, type(mod).__name__, name, module_config(mod)))
+                where_from = None
                 if on_call is not None:
-                    on_call(path, idx, type(mod).__name__, name, len(statics) - 1, ins, outs, raw)
+                    on_call(path, idx, type(mod).__name__, name, len(statics), ins, outs, raw)
                 else:
-                    captured.append((ins, outs, raw))
+                    where_from = (slots(ins), slots(outs), slots(raw))
+                statics.append((path, idx, type(mod).__name__, name, module_config(mod), where_from))
                 return out
 
             with nn.intercept_methods(interceptor):
                 out = call(variables, args, kwargs)
-            return out, captured
+            return out, uniq
 
         fn = run
         if shapes_only:
@@ -358,7 +380,7 @@ class LinenSide:
             sig = _signature(self.variables, leaves, treedef, dyn_idx, sub_keys, sub_vals, record_outputs)
             fn, statics = _cached_jit(self._owner, sig, run, statics)
         try:
-            _, captured = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
+            _, values = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
         except _NEEDS_CONCRETE:
             raise  # capture() retries eagerly
         except Exception as e:
@@ -368,17 +390,16 @@ class LinenSide:
                 "Flax side takes different arguments than the PyTorch side."
             ) from e
         trace = Trace(side="flax", framework="linen")
-        if on_call is not None:
-            captured = [({}, {}, {})] * len(statics)  # the values went to on_call
-        for order, ((path, idx, typ, method, cfg), (ins, outs, raw)) in enumerate(zip(statics, captured, strict=True)):
+        host = [_host(v) for v in values]  # one numpy array per distinct value, shared by the records
+        for order, (path, idx, typ, method, cfg, where_from) in enumerate(statics):
             rec = CallRecord(path=path, call_index=idx, module_type=typ, order=order, method=method)
-            rec.inputs = {k: _host(v) for k, v in ins.items()}
-            rec.outputs = {k: _host(v) for k, v in outs.items()}
-            rec.raw_inputs = {k: _host(v) for k, v in raw.items()}
+            if where_from is not None:  # None: the values went to on_call
+                ins, outs, raw = ({k: host[i] for k, i in d.items()} for d in where_from)
+                rec.inputs, rec.outputs, rec.raw_inputs = ins, outs, raw
             trace.records.append(rec)
             trace.module_types.setdefault(path, typ)
             trace.config.setdefault(path, cfg)
-        trace.params = params_by_path(self.variables)
+        trace.params = params_by_path(self.variables, trace.param_tokens)
         for p in trace.params:
             trace.module_types.setdefault(p, "?")
         trace.meta.update(

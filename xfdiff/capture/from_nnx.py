@@ -30,7 +30,7 @@ from flax import nnx
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
 from . import Substitute
-from .from_linen import function_name, to_jax_inputs
+from .from_linen import function_name, jax_token, to_jax_inputs
 from .jax_record import active, run_once, run_with_fallbacks
 
 TAG = "_xfdiff_path"
@@ -60,8 +60,9 @@ def _collection(var: nnx.Variable) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(var).__name__).lower() + "."
 
 
-def params_by_module(model: nnx.Module, modules: dict[str, nnx.Module]) -> dict[str, dict[str, np.ndarray]]:
-    """Float arrays each module owns directly (not its children's), by local name."""
+def params_by_module(model: nnx.Module, modules: dict[str, nnx.Module],
+                     tokens: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Float arrays each module owns directly (not its children's), by local name (and tokens of JAX arrays)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for parts, node in nnx.iter_graph(model):
         if not isinstance(node, nnx.Variable) or isinstance(node, nnx.RngState):
@@ -75,6 +76,8 @@ def params_by_module(model: nnx.Module, modules: dict[str, nnx.Module]) -> dict[
             if owner in modules:
                 name = _collection(node) + ".".join(strs[cut:])
                 out.setdefault(owner, {})[name] = np.asarray(value)
+                if tokens is not None and isinstance(value, jax.Array):
+                    tokens.setdefault(owner, {})[name] = jax_token(value)
                 break
     return out
 
@@ -212,7 +215,7 @@ class NnxSide:
             trace.module_types[path] = type(mod).__name__
             trace.config[path] = module_config(mod)
         rec.fill(trace, returned)
-        trace.params = params_by_module(self.model, modules)
+        trace.params = params_by_module(self.model, modules, trace.param_tokens)
         trace.meta.update({
             "model": self.describe(),
             "backend": jax.default_backend(),

@@ -15,6 +15,7 @@ Design notes:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import CaptureError, InputError, ModelTypeError
-from ..trace import CallRecord, Trace, canonical_path
+from ..trace import CallRecord, ParamToken, Trace, canonical_path
 from . import Substitute, leaf_key
 
 _SCALARS = (bool, int, float, str)
@@ -51,25 +52,50 @@ def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
     return t
 
 
-def flatten(obj: Any, prefix: tuple = ()) -> dict[str, np.ndarray]:
+class CopyMemo:
+    """One numpy copy per tensor value within a forward pass.
+
+    The same tensor reaches several hooks: a block's output is its last
+    child's output, one normalised input feeds three projections. A tensor
+    seen again unchanged (same object, alive, same in-place write count)
+    reuses its copy. Only weak references are held, so nothing lives longer.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
+
+    def copy(self, t: torch.Tensor) -> np.ndarray:
+        state = (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        hit = self._seen.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == state:
+            return hit[2]
+        a = to_numpy(t)
+        try:
+            self._seen[id(t)] = (weakref.ref(t), state, a)
+        except TypeError:  # a tensor subclass without weak references: no reuse
+            pass
+        return a
+
+
+def flatten(obj: Any, prefix: tuple = (), memo: CopyMemo | None = None) -> dict[str, np.ndarray]:
     """Tensors in nested tuples/lists/dicts/dataclasses, keyed by their path."""
     out: dict[str, np.ndarray] = {}
-    _walk(obj, prefix, out)
+    _walk(obj, prefix, out, memo.copy if memo is not None else to_numpy)
     return out
 
 
-def _walk(obj: Any, prefix: tuple, out: dict) -> None:
+def _walk(obj: Any, prefix: tuple, out: dict, copy: Any) -> None:
     if isinstance(obj, torch.Tensor):
-        out[leaf_key(prefix)] = to_numpy(obj)
+        out[leaf_key(prefix)] = copy(obj)
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
-            _walk(v, prefix + (k,), out)
+            _walk(v, prefix + (k,), out, copy)
     elif isinstance(obj, (tuple, list)):
         for i, v in enumerate(obj):
-            _walk(v, prefix + (i,), out)
+            _walk(v, prefix + (i,), out, copy)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
-            _walk(getattr(obj, f.name), prefix + (f.name,), out)
+            _walk(getattr(obj, f.name), prefix + (f.name,), out, copy)
 
 
 def _replace(obj: Any, prefix: tuple, subst: dict[str, np.ndarray]) -> Any:
@@ -115,12 +141,17 @@ def param_view(t: torch.Tensor) -> np.ndarray:
     return a
 
 
-def _own_params(mod: torch.nn.Module) -> dict[str, np.ndarray]:
-    out = {n: param_view(p) for n, p in mod._parameters.items() if p is not None}
+def _own_tensors(mod: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {n: p for n, p in mod._parameters.items() if p is not None}
     for n, b in mod._buffers.items():
         if b is not None and b.dtype.is_floating_point and n in ("running_mean", "running_var"):
-            out[n] = to_numpy(b)
+            out[n] = b
     return out
+
+
+def param_token(t: torch.Tensor) -> ParamToken:
+    """Same key while ``t`` is alive and not written in place (``_version`` counts writes)."""
+    return ParamToken(("torch", id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)), t)
 
 
 def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
@@ -181,13 +212,17 @@ class TorchSide:
             path = canonical_path(name)
             trace.module_types[path] = type(mod).__name__
             trace.config[path] = module_config(mod)
-            p = _own_params(mod)
-            if p:
-                trace.params[path] = p
+            own = _own_tensors(mod)
+            if own:
+                trace.params[path] = {n: param_view(t) if n in mod._parameters else to_numpy(t)
+                                      for n, t in own.items()}
+                trace.param_tokens[path] = {n: param_token(t) for n, t in own.items()}
         counters: dict[str, int] = {}
         pending: dict[int, list] = {}
         handles = []
         subst = substitute or {}
+        # Shared copies would keep spilled arrays alive: a sink gets its own copy of every leaf.
+        memo = CopyMemo() if sink is None else None
 
         def make_pre(path: str):
             def pre(mod, args, kwargs):
@@ -199,12 +234,12 @@ class TorchSide:
                 try:
                     s = subst.get((path, idx))
                     if s:
-                        own = {**flatten(args, ("args",)), **flatten(kwargs, ("kwargs",))}
+                        own = {**flatten(args, ("args",), memo), **flatten(kwargs, ("kwargs",), memo)}
                         rec.raw_inputs = {k: v for k, v in own.items() if k in s}
                         args = _replace(args, ("args",), s)
                         kwargs = _replace(kwargs, ("kwargs",), s)
                         new = (args, kwargs)
-                    rec.inputs = {**flatten(args, ("args",)), **flatten(kwargs, ("kwargs",))}
+                    rec.inputs = {**flatten(args, ("args",), memo), **flatten(kwargs, ("kwargs",), memo)}
                 except Exception as e:  # never break the user's forward
                     rec.error = f"input capture failed: {type(e).__name__}: {e}"
                 return new
@@ -219,7 +254,7 @@ class TorchSide:
                 rec = stack.pop()
                 try:
                     if record_outputs:
-                        rec.outputs = flatten(output, ("out",))
+                        rec.outputs = flatten(output, ("out",), memo)
                 except Exception as e:
                     rec.error = f"output capture failed: {type(e).__name__}: {e}"
                 rec.order = len(trace.records)

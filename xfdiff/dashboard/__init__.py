@@ -21,6 +21,24 @@ from ..report import Report
 
 __all__ = ["create_app", "load_any", "port_free", "serve"]
 
+#: The plotly.js bundle the page loads: the official "cartesian" partial build
+#: (every trace type :mod:`.figures` draws), a third of the full bundle's size,
+#: so the browser parses and compiles far less before the first plot. dcc.Graph
+#: uses ``window.Plotly`` when it is defined and only fetches the full bundle
+#: otherwise.
+PLOTLY_BUNDLE = "plotly-cartesian-4.1.1.min.js"
+_ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+
+# The page. Paths are relative to it, so the app also works behind a proxy's
+# path prefix.
+# - The layout request starts with the page (a preload the renderer's own
+#   request picks up) instead of after every script has run.
+# - plotly.js comes after Dash's scripts, which run while it still downloads,
+#   and before the renderer, so it is defined before the first plot.
+# - Dash's bundled polyfill (core-js 2) replaces String.prototype.trim with a
+#   slower regular-expression version in current browsers (it judges their trim
+#   by an older Unicode's whitespace); plotly.js trims on every class change, so
+#   the browser's own trim is put back once the scripts are loaded.
 _INDEX = """<!DOCTYPE html>
 <html>
 <head>
@@ -28,13 +46,18 @@ _INDEX = """<!DOCTYPE html>
 <title>{%%title%%}</title>
 {%%favicon%%}
 {%%css%%}
+<link rel="preload" href="_dash-layout" as="fetch" crossorigin="anonymous">
 <style>%s</style>
 </head>
 <body>
 {%%app_entry%%}
 <footer>
 {%%config%%}
+<script>window.xfdiffNativeTrim = String.prototype.trim;</script>
 {%%scripts%%}
+<script>String.prototype.trim = window.xfdiffNativeTrim;</script>
+<script src="%s"></script>
+<script src="assets/module_table.js"></script>
 {%%renderer%%}
 </footer>
 </body>
@@ -74,8 +97,8 @@ def create_app(report: Report | str | os.PathLike, title: str | None = None):
     report = load_any(report)
     fd = report.first_divergence
     app = Dash(__name__, title=title or f"xfdiff · {fd.label if fd else 'no divergence'}",
-               update_title=None, assets_ignore=".*")
-    app.index_string = _INDEX % css()
+               update_title=None, assets_folder=_ASSETS, assets_ignore=".*")
+    app.index_string = _INDEX % (css(), f"assets/{PLOTLY_BUNDLE}")
     selected = fd.order if fd is not None else (0 if report.layers else None)
     app.layout = build_layout(report, selected)
     register(app, report)

@@ -8,7 +8,7 @@ from ..report import Report
 from . import figures as F
 from . import ids
 from . import tables as T
-from .layout import detail_parts
+from .layout import detail_parts, grid_rows
 
 DETAIL_OUTPUTS = (ids.DETAIL_TITLE, ids.FACTS, ids.DETAIL_FINDINGS, ids.WORST,
                   ids.FIG_HIST, ids.FIG_HEATMAP, ids.FIG_PROFILE, ids.FIG_SCATTER)
@@ -20,7 +20,7 @@ def selection_from(report: Report, trigger, cell, click, current):
     Args:
         report: the report.
         trigger: id of the component that fired (a string, or a dict for finding links).
-        cell: the grid's ``cellClicked`` value.
+        cell: the module table's ``cell_clicked`` value.
         click: the depth plot's ``clickData``.
         current: the selection before the interaction.
     """
@@ -44,9 +44,9 @@ def detail_values(report: Report, order, which: str) -> list:
 
 
 def table_values(rows: list[dict], statuses, own_only, search) -> tuple[list[dict], str]:
-    """Rows to show and the count text for the current filters."""
+    """Rows to show (cut down to the table's fields) and the count text for the current filters."""
     shown = T.filter_rows(rows, statuses=list(statuses or []), search=search or "", own_only=bool(own_only))
-    return shown, f"{len(shown)} of {len(rows)} rows"
+    return grid_rows(shown), f"{len(shown)} of {len(rows)} rows"
 
 
 def depth_marks(report: Report, order) -> Patch:
@@ -70,11 +70,11 @@ def register(app: Dash, report: Report) -> None:
 
     @app.callback(
         Output(ids.SELECTED, "data"),
-        Output(ids.GRID, "selectedRows"),
-        Output(ids.GRID, "scrollTo"),
+        Output(ids.GRID, "selected"),
+        Output(ids.GRID, "scroll_to"),
         Output(ids.DEPTH, "figure"),
         *[Output(k, "figure" if k in figure_ids else "children") for k in DETAIL_OUTPUTS],
-        Input(ids.GRID, "cellClicked"),
+        Input(ids.GRID, "cell_clicked"),
         Input(ids.DEPTH, "clickData"),
         Input(ids.GOTO_FIRST, "n_clicks"),
         Input({"type": ids.GOTO, "order": ALL}, "n_clicks"),
@@ -91,10 +91,10 @@ def register(app: Dash, report: Report) -> None:
         detail = detail_values(report, order, which)
         if trigger == ids.VARIANT or order == current:
             return [no_update] * 4 + detail
-        scroll = no_update if trigger == ids.GRID else {"rowId": str(order), "rowPosition": "middle"}
-        return [order, {"ids": [str(order)]}, scroll, depth_marks(report, order), *detail]
+        scroll = no_update if trigger == ids.GRID else {"rowId": str(order)}
+        return [order, str(order), scroll, depth_marks(report, order), *detail]
 
-    @app.callback(Output(ids.GRID, "rowData"), Output(ids.ROW_COUNT, "children"),
+    @app.callback(Output(ids.GRID, "rows"), Output(ids.ROW_COUNT, "children"),
                   Input(ids.STATUS_FILTER, "value"), Input(ids.OWN_ONLY, "value"), Input(ids.SEARCH, "value"),
                   prevent_initial_call=True)
     def _filter(statuses, own_only, search):

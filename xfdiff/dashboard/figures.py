@@ -87,12 +87,19 @@ def _axis(**kw) -> dict:
     return out
 
 
+# Margins wide enough for the usual tick labels and axis titles. Axes keep
+# ``automargin`` for unusual labels, but when the margins already fit, plotly.js
+# draws each plot once instead of drawing it again with pushed-out margins.
+MARGIN = {"l": 60, "r": 20, "t": 44, "b": 48}
+LOG_Y_MARGIN = {**MARGIN, "l": 74}  # "10⁻¹²" tick labels and a title
+
+
 def _layout(title: str, height: int = 300, **kw) -> dict:
     return {
         "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
         "font": {"family": FONT, "size": 12, "color": "#222"},
         "height": height,
-        "margin": {"l": 60, "r": 20, "t": 44, "b": 48},
+        "margin": dict(MARGIN),
         "paper_bgcolor": "white",
         "plot_bgcolor": "white",
         "hoverlabel": {"font": {"family": FONT}},
@@ -187,6 +194,7 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
     shapes, notes = _depth_marks(report, selected, atol, floor)
     layout = _layout(
         "Error vs depth", height, showlegend=True, hovermode="closest", shapes=shapes, annotations=notes,
+        margin=dict(LOG_Y_MARGIN),
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
         xaxis=_axis(title="call (execution order)", zeroline=False),
         yaxis=_axis(title="max |port − ref|", type="log", exponentformat="power", dtick=1),
@@ -245,9 +253,9 @@ def _own_traces(layers: list[LayerDiff], floor: float, x: list[int], hover: list
     return out
 
 
-def _decade_ticks(lo: float, hi: float) -> dict:
+def _decade_ticks(lo: float, hi: float, most: int = 8) -> dict:
     vals = list(range(int(math.floor(lo)), int(math.ceil(hi)) + 1))
-    vals = vals[:: max(1, len(vals) // 8)]
+    vals = vals[:: max(1, math.ceil(len(vals) / most))]
     return {"tickvals": vals, "ticktext": [f"1e{v}" for v in vals]}
 
 
@@ -271,7 +279,9 @@ def histogram_figure(lyr: LayerDiff, which: str = "local", height: int = 280) ->
         notes.append(_note("atol", TOL_COLOR, x=math.log10(lyr.atol), y=1, yref="paper", yanchor="bottom"))
     extra = f", {n_exact} exact" if n_exact else ""
     layout = _layout(f"Error distribution ({kind}{extra})", height, bargap=0.05, shapes=shapes, annotations=notes,
-                     xaxis=_axis(title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1])),
+                     margin={**MARGIN, "l": 70, "r": 30},  # counts up to "100k"; the last decade's label
+                     xaxis=_axis(title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1], most=5),
+                                tickangle=0),  # at most five labels, upright: they fit a narrow plot
                      yaxis=_axis(title="elements"))
     return {"data": [bar], "layout": layout}
 
@@ -298,11 +308,13 @@ def heatmap_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> d
     n_ch = shape[-1] if shape else hm.shape[1]
     trace = {
         "type": "heatmap", "z": _f32(z), "zmin": lo, "zmax": hi, "colorscale": INFERNO,
-        "colorbar": {"title": {"text": "|err|", "side": "right"}, "thickness": 12, **_decade_ticks(lo, hi)},
+        "colorbar": {"title": {"text": "|err|", "side": "right"}, "thickness": 12, "xpad": 4,
+                     **_decade_ticks(lo, hi)},
         "hovertemplate": "position bin %{y}, channel bin %{x}<br>log10 max |error| %{z:.2f}<extra></extra>",
     }
     pooled = " (max-pooled)" if hm.shape != (n_pos, n_ch) else ""
     layout = _layout(f"Where the error is ({kind}, shape {shape})", height,
+                     margin={**MARGIN, "r": 92},  # the colour bar, with labels down to "1e-10"
                      xaxis=_axis(title=f"channels: last axis, {n_ch}{pooled}", showgrid=False),
                      yaxis=_axis(title=f"positions: {n_pos}", autorange="reversed", showgrid=False))
     return {"data": [trace], "layout": layout}
@@ -324,6 +336,7 @@ def profile_figure(lyr: LayerDiff, which: str = "local", height: int = 250) -> d
     }
     pooled = " (max-pooled)" if prof.size == 256 else ""
     layout = _layout(f"Per-channel max error ({kind})", height, shapes=[_hline(atol, TOL_COLOR)],
+                     margin=dict(LOG_Y_MARGIN),
                      xaxis=_axis(title="channel (last axis)" + pooled),
                      yaxis=_axis(title="max |error|", type="log", exponentformat="power", dtick=1))
     return {"data": [trace], "layout": layout}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-import dash_ag_grid as dag
 from dash import dcc, html
+from dash.development.base_component import Component
 
 from ..report import Finding, LayerDiff, Report
 from . import figures as F
@@ -20,9 +20,12 @@ from . import tables as T
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 SMALL_GRAPH_CONFIG = {"displayModeBar": False}
 
+
 def css() -> str:
-    """The stylesheet shared by the dashboard and the HTML report."""
-    return (resources.files("xfdiff") / "assets" / "xfdiff.css").read_text(encoding="utf-8")
+    """The page's stylesheet: the one shared with the HTML report, then the dashboard's own."""
+    shared = (resources.files("xfdiff") / "assets" / "xfdiff.css").read_text(encoding="utf-8")
+    own = (resources.files("xfdiff.dashboard") / "assets" / "dashboard.css").read_text(encoding="utf-8")
+    return shared + "\n" + own
 
 
 def build_layout(report: Report, selected: int | None) -> html.Div:
@@ -32,8 +35,7 @@ def build_layout(report: Report, selected: int | None) -> html.Div:
         verdict_banner(report),
         stat_cards(report),
         findings_panel(report),
-        html.Div(className="xf-card", children=dcc.Graph(
-            id=ids.DEPTH, figure=F.depth_figure(report, selected), config=GRAPH_CONFIG)),
+        html.Div(className="xf-card", children=graph(ids.DEPTH, F.depth_figure(report, selected), GRAPH_CONFIG)),
         html.Div(className="xf-cols", children=[
             table_section(report, selected),
             # The first detail is part of the page, so the first view needs no callback round trip.
@@ -44,6 +46,16 @@ def build_layout(report: Report, selected: int | None) -> html.Div:
         dcc.Store(id=ids.SELECTED, data=selected),
         dcc.Download(id=ids.DOWNLOAD),
     ])
+
+
+def graph(key: str, figure: dict, config: dict) -> dcc.Graph:
+    """A plot that takes its width from the page and its height from ``figure``.
+
+    ``responsive`` makes plotly.js size the first drawing to its box, instead of
+    drawing at a default width and again once the page asks for a resize.
+    """
+    height = figure.get("layout", {}).get("height", 300)
+    return dcc.Graph(id=key, figure=figure, config=config, responsive=True, style={"height": f"{height}px"})
 
 
 def header(report: Report) -> html.Div:
@@ -124,49 +136,69 @@ def findings_panel(report: Report) -> html.Div:
     ])
 
 
-def _num_col(field: str, header: str, width: int = 100) -> dict:
-    return {
-        "field": field, "headerName": header, "width": width, "type": "rightAligned",
-        "valueFormatter": {"function": "params.value == null ? '—' : (params.value === 0 ? '0' : "
-                                       "Number(params.value).toExponential(2))"},
-    }
+class ModuleTable(Component):
+    """The module table: a virtualised table drawn by ``assets/module_table.js``.
+
+    Keyword Args:
+        id: component id.
+        rows: one dict per aligned call (see :func:`grid_rows`).
+        columns: ``{field, header, kind, width | flex + min_width, tooltip, header_tooltip}`` per column;
+            ``kind`` is ``"int"``, ``"sci"`` (shown as ``1.23e-04``, sorted largest first),
+            ``"status"`` (coloured by ``status_colors``) or ``"text"``.
+        row_key: the field that identifies a row.
+        selected: id of the highlighted row.
+        scroll_to: ``{"rowId": id}``; a new value scrolls that row to the middle.
+        sort_by: ``{"field", "dir"}`` (``"asc"`` / ``"desc"``); None keeps the rows' order.
+        cell_clicked: ``{"rowId", "colId", "value", "timestamp"}``, set on a click (or an arrow key).
+        row_height: pixels per row.
+        status_colors: CSS colour per status value.
+        style, className: of the table's box (header and scrolling rows).
+    """
+
+    _namespace = "xfdiff_dashboard"
+    _type = "ModuleTable"
+    _children_props: list = []
+    _base_nodes = ["children"]
+    _prop_names = ["id", "rows", "columns", "row_key", "selected", "scroll_to", "sort_by", "cell_clicked",
+                   "row_height", "status_colors", "style", "className"]
+    _valid_wildcard_attributes: list = []
+    available_properties = _prop_names
+    available_wildcard_properties: list = []
 
 
-def _status_style() -> dict:
-    conds = [{"condition": f"params.value == '{s}'", "style": {"color": c, "fontWeight": "600"}}
-             for s, c in F.STATUS_COLORS.items()]
-    return {"styleConditions": conds}
-
-
-COLUMN_DEFS = [
-    {"field": "order", "headerName": "#", "width": 58, "type": "rightAligned"},
-    {"field": "status", "headerName": "status", "width": 84, "cellStyle": _status_style(),
-     "headerTooltip": "propagated error within tolerance?"},
-    {"field": "own", "headerName": "own", "width": 84, "cellStyle": _status_style(),
-     "headerTooltip": "the layer's own (teacher-forced) error within tolerance?"},
-    {"field": "layer", "headerName": "layer", "flex": 1, "minWidth": 150,
-     "tooltipField": "layer"},
-    {"field": "types", "headerName": "torch / flax", "width": 136,
-     "tooltipField": "types"},
-    _num_col("max_abs", "max |err|", 86),
-    _num_col("local_max_abs", "own |err|", 86),
-    {"field": "shape", "headerName": "shape", "width": 104, "tooltipField": "shape"},
-    _num_col("rel_l2", "rel L2", 90),
-    {"field": "layout", "headerName": "layout", "width": 96},
+COLUMNS = [
+    {"field": "order", "header": "#", "width": 54, "kind": "int"},
+    {"field": "status", "header": "status", "width": 84, "kind": "status",
+     "header_tooltip": "propagated error within tolerance?"},
+    {"field": "own", "header": "own", "width": 84, "kind": "status",
+     "header_tooltip": "the layer's own (teacher-forced) error within tolerance?"},
+    {"field": "layer", "header": "layer", "flex": 1, "min_width": 150, "tooltip": True},
+    {"field": "types", "header": "torch / flax", "width": 136, "tooltip": True},
+    {"field": "max_abs", "header": "max |err|", "width": 86, "kind": "sci",
+     "header_tooltip": "propagated max |port − ref|"},
+    {"field": "local_max_abs", "header": "own |err|", "width": 86, "kind": "sci",
+     "header_tooltip": "own (teacher-forced) max |port − ref|"},
+    {"field": "shape", "header": "shape", "width": 104, "tooltip": True},
+    {"field": "rel_l2", "header": "rel L2", "width": 84, "kind": "sci"},
+    {"field": "layout", "header": "layout", "width": 96, "tooltip": True},
 ]
+#: Row fields the table needs: the columns and the row id (searching and filtering happen on the server).
+GRID_FIELDS = ("rid", *(c["field"] for c in COLUMNS))
+
+
+def grid_rows(rows: list[dict]) -> list[dict]:
+    """Table rows (from :func:`tables.layer_rows`) cut down to the fields the table shows."""
+    return [{k: r[k] for k in GRID_FIELDS} for r in rows]
 
 
 def table_section(report: Report, selected: int | None) -> html.Div:
     rows = T.layer_rows(report)
     statuses = sorted({r["status"] for r in rows}, key=list(F.STATUS_COLORS).index)
-    grid = dag.AgGrid(
-        id=ids.GRID, rowData=rows, columnDefs=COLUMN_DEFS,
-        defaultColDef={"sortable": True, "resizable": True},
-        getRowId="params.data.rid",
-        dashGridOptions={"rowSelection": {"mode": "singleRow", "checkboxes": False, "enableClickSelection": True},
-                         "rowHeight": 30, "headerHeight": 34, "tooltipShowDelay": 400, "animateRows": False},
-        selectedRows={"ids": [str(selected)]} if selected is not None else [],
-        scrollTo={"rowId": str(selected), "rowPosition": "middle"} if selected is not None else None,
+    grid = ModuleTable(
+        id=ids.GRID, rows=grid_rows(rows), columns=COLUMNS, row_key="rid", row_height=30,
+        status_colors=F.STATUS_COLORS, sort_by=None,
+        selected=str(selected) if selected is not None else None,
+        scroll_to={"rowId": str(selected)} if selected is not None else None,
         style={"height": "min(calc(100vh - 150px), 640px)", "minHeight": "420px", "width": "100%"},
     )
     return html.Div(className="xf-card xf-sticky", children=[
@@ -179,15 +211,16 @@ def table_section(report: Report, selected: int | None) -> html.Div:
             html.Span(f"{len(rows)} rows", id=ids.ROW_COUNT, className="xf-muted"),
         ]),
         grid,
-        html.Div("Click a row, or a point in the plot above, to see the layer in detail.", className="xf-muted"),
+        html.Div("Click a row (or use the arrow keys), or a point in the plot above, to see the layer in detail; "
+                 "click a header to sort.", className="xf-muted"),
     ])
 
 
 def detail_section(parts: dict) -> html.Div:
     """The detail card, filled with ``parts`` (see :func:`detail_parts`)."""
 
-    def graph(key: str) -> dcc.Graph:
-        return dcc.Graph(id=key, figure=parts[key], config=SMALL_GRAPH_CONFIG)
+    def _graph(key: str) -> dcc.Graph:
+        return graph(key, parts[key], SMALL_GRAPH_CONFIG)
 
     return html.Div(id=ids.DETAIL, className="xf-card", children=[
         html.Div(className="xf-detail-head", children=[
@@ -200,9 +233,9 @@ def detail_section(parts: dict) -> html.Div:
         html.Table(parts[ids.FACTS], id=ids.FACTS, className="xf-facts"),
         html.Div(parts[ids.DETAIL_FINDINGS], id=ids.DETAIL_FINDINGS),
         html.Div(className="xf-figs", children=[
-            graph(ids.FIG_HIST), graph(ids.FIG_HEATMAP),
-            html.Div(className="wide", children=graph(ids.FIG_SCATTER)),
-            html.Div(className="wide", children=graph(ids.FIG_PROFILE)),
+            _graph(ids.FIG_HIST), _graph(ids.FIG_HEATMAP),
+            html.Div(className="wide", children=_graph(ids.FIG_SCATTER)),
+            html.Div(className="wide", children=_graph(ids.FIG_PROFILE)),
         ]),
         html.Div("Worst elements", className="xf-h"),
         html.Div(parts[ids.WORST], id=ids.WORST),

@@ -1,0 +1,254 @@
+"""Error statistics of float32 host arrays in one compiled pass (numba, when installed).
+
+Almost every activation a comparison sees is a float32 numpy array of some
+ten thousand to a few million elements. For those, a jit dispatch and a
+dozen numpy passes cost more than the arithmetic; this module computes
+:func:`xfdiff.fastmetrics.compare_fast`'s results with two loops per row of
+the ``(rows, channels)`` view, compiled by numba and run without the GIL
+(so two threads measure two rows at once).
+
+- Statistics: the four sums (in float64, so the cosine stays exact even when
+  the two sides' norms differ by orders of magnitude), the maximum, the
+  tolerance count and ``tol_needed``.
+- Detail: per-row maxima, per-channel maxima in each of the heatmap's 32 row
+  bins (the channels are pooled afterwards), and the fine histogram of ``log10 |error|``
+  (:data:`~xfdiff.fastmetrics.FINE` bins per decade) without a logarithm per
+  element: the top 16 bits of a positive float32 name one of 32,768 buckets,
+  each narrower than a fine bin, so a bucket holds at most one fine-bin edge.
+  Two tables (the fine bin at the bucket's start, the float32 value where
+  the next bin starts) give each element's bin with one comparison; the
+  tables are built from float64 ``log10``, as :func:`xfdiff.metrics.error_detail` bins.
+- Arrays holding NaN or infinity return ``None`` (the fused kernel handles them).
+
+Nothing here runs when numba is missing: :func:`available` says so and the
+callers take the JAX path.
+"""
+
+from __future__ import annotations
+
+import functools
+import numpy as np
+
+from .metrics import HEATMAP_MAX, PROFILE_MAX
+
+_BUCKETS = 1 << 15  # positive float32 values: sign bit 0, then 8 exponent bits and 7 mantissa bits
+
+
+@functools.lru_cache(maxsize=1)
+def _numba():
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba
+
+
+def available() -> bool:
+    """True when numba can be imported (the kernels compile on first use)."""
+    return _numba() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel():
+    numba = _numba()
+
+    # reassoc lets the sums vectorise; NaN and infinity keep their meaning (they are detected).
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def measure_rows(r, p, atol, rtol, detail, base, edge, n_fine, row_bin, n_rb, col_bin, n_cb, prof_bin,
+                     n_pb):  # pragma: no cover - compiled
+        rows, cols = r.shape
+        s_abs = 0.0
+        s_rr = 0.0
+        s_dd = 0.0
+        s_pp = 0.0
+        bad = np.float32(0.0)
+        outside = 0
+        mx = np.int32(0)
+        need = np.int32(0)
+        buf = np.empty(cols, np.float32)  # |error| of the current row
+        slack = np.empty(cols, np.float32)  # max(|error| - rtol |ref|, 0) of the current row
+        ibuf = buf.view(np.int32)
+        islack = slack.view(np.int32)
+        fine = np.zeros(n_fine + 1 if detail else 1, np.int64)
+        row_max = np.zeros(rows if detail else 1, np.int32)
+        pooled = np.zeros((n_rb, cols) if detail else (1, 1), np.float32)
+        for i in range(rows):
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            a4 = 0.0
+            o = np.int32(0)
+            for j in range(cols):
+                x = r[i, j]
+                y = p[i, j]
+                d = y - x
+                ad = abs(d)
+                ar = rtol * abs(x)
+                x64 = np.float64(x)
+                y64 = np.float64(y)
+                d64 = y64 - x64  # exact, where the float32 difference of far-apart values rounds
+                a1 += abs(d64)
+                a2 += x64 * x64
+                a3 += d64 * d64
+                a4 += y64 * y64
+                bad += (x - x) + (y - y)  # NaN once any value is NaN or infinite
+                o += np.int32(ad > atol + ar)
+                buf[j] = ad
+                t = ad - ar
+                slack[j] = t if t > 0 else np.float32(0.0)
+            # Non-negative float32 values order like their bits: integer maxima vectorise.
+            m = np.int32(0)
+            nd = np.int32(0)
+            for j in range(cols):
+                v = ibuf[j]
+                m = v if v > m else m
+                w = islack[j]
+                nd = w if w > nd else nd
+            mx = m if m > mx else mx
+            need = nd if nd > need else need
+            s_abs += a1
+            s_rr += a2
+            s_dd += a3
+            s_pp += a4
+            outside += o
+            if detail:
+                row_max[i] = m
+                acc = pooled[row_bin[i]]
+                for j in range(cols):
+                    acc[j] = buf[j] if buf[j] > acc[j] else acc[j]
+                for j in range(cols):
+                    v = ibuf[j]
+                    if v > 0:  # a positive error (zero is all bits clear)
+                        b = v >> 16
+                        fine[base[b] + (1 if buf[j] >= edge[b] else 0)] += 1
+        if not detail:
+            return (s_abs, s_rr, s_dd, s_pp, mx, need, outside, bad == 0, fine, row_max, pooled, buf, -1)
+        # Pool the channels: the heatmap's column bins, and the per-channel profile's bins.
+        heat = np.zeros((n_rb, n_cb), np.float32)
+        profile = np.zeros(n_pb, np.float32)
+        for rb in range(n_rb):
+            for j in range(cols):
+                v = pooled[rb, j]
+                cb = col_bin[j]
+                heat[rb, cb] = v if v > heat[rb, cb] else heat[rb, cb]
+                pb = prof_bin[j]
+                profile[pb] = v if v > profile[pb] else profile[pb]
+        first = 0  # the first non-empty fine bin
+        while first < n_fine and fine[first] == 0:
+            first += 1
+        return (s_abs, s_rr, s_dd, s_pp, mx, need, outside, bad == 0, fine[:n_fine], row_max, heat, profile, first)
+
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def sums_of(x):  # pragma: no cover - compiled
+        s1 = 0.0
+        s2 = 0.0
+        bad = 0.0
+        for i in range(x.size):
+            v = np.float64(x[i])
+            s1 += v
+            s2 += v * v
+            bad += v - v  # NaN once any value is NaN or infinite
+        return s1, s2, bad == 0
+
+    @numba.njit(cache=True, nogil=True)
+    def sums_of_finite(x):  # pragma: no cover - compiled
+        s1 = 0.0
+        s2 = 0.0
+        lo = np.inf
+        hi = -np.inf
+        for i in range(x.size):
+            v = np.float64(x[i])
+            if not v - v == 0:  # NaN and infinities count as 0 (as the fused kernel does)
+                v = 0.0
+            s1 += v
+            s2 += v * v
+            lo = min(lo, v)
+            hi = max(hi, v)
+        return s1, s2, lo, hi
+
+    return measure_rows, sums_of, sums_of_finite
+
+
+@functools.lru_cache(maxsize=4)
+def bucket_tables(log_lo: int, fine_per_decade: int, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(base, edge)`` per float32 bucket: its first value's fine bin, and where the next bin starts.
+
+    ``edge`` is the smallest float32 in the bucket whose fine bin is one
+    higher (``inf`` when the bucket holds no edge). Subnormal buckets span
+    several bins; they keep their first value's bin.
+    """
+    b = np.arange(_BUCKETS, dtype=np.int64)
+    start = (b << 16).astype(np.uint32).view(np.float32)
+    stop = (((b + 1) << 16) - 1).astype(np.uint32).view(np.float32)  # last float32 of the bucket
+
+    def fine_bin(v: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = np.floor((np.log10(v.astype(np.float64)) - log_lo) * fine_per_decade)
+        return np.clip(np.nan_to_num(k, nan=0.0, neginf=0.0, posinf=n_fine - 1), 0, n_fine - 1).astype(np.int64)
+
+    base = fine_bin(start)
+    nxt = base + 1
+    # Candidate edge: the float32 nearest 10**(next bin's start), moved to the first value in that bin.
+    with np.errstate(over="ignore"):
+        cand = (10.0 ** (log_lo + nxt / fine_per_decade)).astype(np.float32)
+    for _ in range(3):
+        low = fine_bin(cand) < nxt
+        cand = np.where(low, np.nextafter(cand, np.float32(np.inf)), cand)
+        prev = np.nextafter(cand, np.float32(0))
+        cand = np.where(fine_bin(prev) >= nxt, prev, cand)
+    inside = (cand >= start) & (cand <= stop) & (fine_bin(cand) == nxt) & np.isfinite(start)
+    edge = np.where(inside, cand, np.float32(np.inf)).astype(np.float32)
+    base[~np.isfinite(start)] = n_fine  # infinities and NaNs never reach the tables; keep them out of range
+    return base, edge
+
+
+def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bool, fine_grid: tuple):
+    """One compiled pass over ``(rows, channels)`` float32 arrays.
+
+    Returns ``None`` when either array holds NaN or infinity; otherwise
+    ``(sums, max_abs, need, outside, det)``: ``need`` is ``max(|error| -
+    rtol |ref|)`` clamped at 0 (only its positive part is ever used), and
+    ``det`` the detail parts (or ``None``): the fine histogram counts (zero
+    errors left out), each row's maximum, the max-pooled heatmap and
+    per-channel profile, and the first non-empty fine bin.
+    """
+    kernel = _kernel()[0]
+    r2 = np.ascontiguousarray(r2)
+    p2 = np.ascontiguousarray(p2)
+    rows, cols = r2.shape
+    base, edge = bucket_tables(*fine_grid)
+    row_bin, col_bin, prof_bin = _bins(rows, HEATMAP_MAX), _bins(cols, HEATMAP_MAX), _bins(cols, PROFILE_MAX)
+    (s_abs, s_rr, s_dd, s_pp, mx, need, outside, finite, fine, row_max, heat, profile, first) = kernel(
+        r2, p2, np.float32(atol), np.float32(rtol), bool(detail), base, edge, fine_grid[2],
+        row_bin, _count(row_bin), col_bin, _count(col_bin), prof_bin, _count(prof_bin))
+    if not finite:
+        return None
+    as_float = np.array([mx, need], dtype=np.int32).view(np.float32)
+    det = (fine, row_max.view(np.float32), heat, profile, first) if detail else None
+    return (s_abs, s_rr, s_dd, s_pp), float(as_float[0]), float(as_float[1]), int(outside), det
+
+
+def _count(bins: np.ndarray) -> int:
+    return int(bins[-1]) + 1 if bins.size else 1
+
+
+@functools.lru_cache(maxsize=256)
+def _bins_cached(n: int, out: int) -> np.ndarray:
+    if n <= out:
+        return np.arange(n, dtype=np.int64)
+    edges = np.linspace(0, n, out + 1).astype(int)  # the bins of metrics._pool_max
+    return (np.searchsorted(edges, np.arange(n), side="right") - 1).astype(np.int64)
+
+
+def _bins(n: int, out: int) -> np.ndarray:
+    return _bins_cached(int(n), int(out))
+
+
+def fingerprint_sums(a: np.ndarray) -> tuple[int, float, float, float, float]:
+    """``(numel, sum, sum of squares, min, max)`` of a float32 array in float64, non-finite values as 0."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    s1, s2, finite = _kernel()[1](flat)
+    if finite:  # the common case: vectorised sums, numpy's SIMD min and max
+        return int(a.size), float(s1), float(s2), float(flat.min()), float(flat.max())
+    s1, s2, lo, hi = _kernel()[2](flat)
+    return int(a.size), float(s1), float(s2), float(lo), float(hi)
