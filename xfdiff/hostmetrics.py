@@ -3,15 +3,16 @@
 Almost every activation a comparison sees is a float32 numpy array of some
 ten thousand to a few million elements. For those, a jit dispatch and a
 dozen numpy passes cost more than the arithmetic; this module computes
-:func:`xfdiff.fastmetrics.compare_fast`'s results with two loops per row of
-the ``(rows, channels)`` view, compiled by numba and run without the GIL
-(so two threads measure two rows at once).
+:func:`xfdiff.fastmetrics.compare_fast`'s results in one pass over the
+``(rows, channels)`` view, compiled by numba and run without the GIL (so two
+threads measure two rows at once).
 
 - Statistics: the four sums (in float64, so the cosine stays exact even when
-  the two sides' norms differ by orders of magnitude), the maximum, the
-  tolerance count and ``tol_needed``.
-- Detail: per-row maxima, per-channel maxima in each of the heatmap's 32 row
-  bins (the channels are pooled afterwards), and the fine histogram of ``log10 |error|``
+  the two sides' norms differ by orders of magnitude), the tolerance count,
+  and the maximum and ``tol_needed`` taken on the float bits (non-negative
+  float32 values order like their bits, and integer maxima vectorise).
+- Detail: per-row maxima, the max-pooled heatmap and per-channel profile,
+  and the fine histogram of ``log10 |error|``
   (:data:`~xfdiff.fastmetrics.FINE` bins per decade) without a logarithm per
   element: the top 16 bits of a positive float32 name one of 32,768 buckets,
   each narrower than a fine bin, so a bucket holds at most one fine-bin edge.
@@ -19,14 +20,17 @@ the ``(rows, channels)`` view, compiled by numba and run without the GIL
   the next bin starts) give each element's bin with one comparison; the
   tables are built from float64 ``log10``, as :func:`xfdiff.metrics.error_detail` bins.
 - Arrays holding NaN or infinity return ``None`` (the fused kernel handles them).
+- :func:`fingerprint_sums`: a parameter's sums for :mod:`xfdiff.align`.
 
 Nothing here runs when numba is missing: :func:`available` says so and the
-callers take the JAX path.
+callers take the JAX path. Compiled code is cached on disk by numba, so only
+the first comparison on a machine pays for compiling.
 """
 
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 
 from .metrics import HEATMAP_MAX, PROFILE_MAX
