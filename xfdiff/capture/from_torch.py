@@ -65,7 +65,10 @@ class CopyMemo:
         self._seen: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
 
     def copy(self, t: torch.Tensor) -> np.ndarray:
-        state = (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        try:
+            state = (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        except (RuntimeError, NotImplementedError):  # sparse, nested, meta...: no identity to trust
+            return to_numpy(t)
         hit = self._seen.get(id(t))
         if hit is not None and hit[0]() is t and hit[1] == state:
             return hit[2]
@@ -149,9 +152,15 @@ def _own_tensors(mod: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def param_token(t: torch.Tensor) -> ParamToken:
-    """Same key while ``t`` is alive and not written in place (``_version`` counts writes)."""
-    return ParamToken(("torch", id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)), t)
+def param_token(t: torch.Tensor) -> ParamToken | None:
+    """Same key while ``t`` is alive and not written in place (``_version`` counts writes).
+
+    ``None`` for a tensor without plain storage (sparse, meta...): nothing computed from it is reused.
+    """
+    try:
+        return ParamToken(("torch", id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)), t)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
 
 
 def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
@@ -216,7 +225,8 @@ class TorchSide:
             if own:
                 trace.params[path] = {n: param_view(t) if n in mod._parameters else to_numpy(t)
                                       for n, t in own.items()}
-                trace.param_tokens[path] = {n: param_token(t) for n, t in own.items()}
+                tokens = {n: param_token(t) for n, t in own.items()}
+                trace.param_tokens[path] = {n: tok for n, tok in tokens.items() if tok is not None}
         counters: dict[str, int] = {}
         pending: dict[int, list] = {}
         handles = []
