@@ -87,6 +87,16 @@ def _pool_edges(n: int, out: int) -> np.ndarray | None:
     return None if n <= out else np.linspace(0, n, out + 1).astype(int)
 
 
+@functools.lru_cache(maxsize=256)
+def pool_bins(n: int, out: int) -> np.ndarray:
+    """Each of ``n`` positions' bin when max-pooled into ``min(n, out)`` bins (read-only, cached)."""
+    edges = _pool_edges(n, out)
+    bins = np.arange(n) if edges is None else np.searchsorted(edges, np.arange(n), side="right") - 1
+    bins = bins.astype(np.int64)
+    bins.flags.writeable = False
+    return bins
+
+
 def _shape2d(shape: tuple) -> tuple[int, int]:
     if len(shape) == 0:
         return 1, 1
@@ -244,10 +254,7 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
         done = _compare_host(r2, p2, atol, rtol, detail, shape, seed)
         if done is not None:
             return done
-    row_edges = _pool_edges(rows, HEATMAP_MAX)
-    row_bin = (np.searchsorted(row_edges, np.arange(rows), side="right") - 1) if row_edges is not None \
-        else np.arange(rows)
-    n_row_bins = HEATMAP_MAX if row_edges is not None else rows
+    row_bin, n_row_bins = pool_bins(rows, HEATMAP_MAX), min(rows, HEATMAP_MAX)
     parts = []
     for a, b in _blocks(rows, cols, whole=is_jax_array(ref) or is_jax_array(port)):
         out = kernel(r2[a:b], p2[a:b], np.float32(atol), np.float32(rtol), row_bin[a:b].astype(np.int32),

@@ -216,36 +216,22 @@ def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bo
     errors left out), each row's maximum, the max-pooled heatmap and
     per-channel profile, and the first non-empty fine bin.
     """
+    from .fastmetrics import pool_bins
+
     kernel = _kernel()[0]
     r2 = np.ascontiguousarray(r2)
     p2 = np.ascontiguousarray(p2)
     rows, cols = r2.shape
     base, edge = bucket_tables(*fine_grid)
-    row_bin, col_bin, prof_bin = _bins(rows, HEATMAP_MAX), _bins(cols, HEATMAP_MAX), _bins(cols, PROFILE_MAX)
     (s_abs, s_rr, s_dd, s_pp, mx, need, outside, finite, fine, row_max, heat, profile, first) = kernel(
         r2, p2, np.float32(atol), np.float32(rtol), bool(detail), base, edge, fine_grid[2],
-        row_bin, _count(row_bin), col_bin, _count(col_bin), prof_bin, _count(prof_bin))
+        pool_bins(rows, HEATMAP_MAX), min(rows, HEATMAP_MAX), pool_bins(cols, HEATMAP_MAX),
+        min(cols, HEATMAP_MAX), pool_bins(cols, PROFILE_MAX), min(cols, PROFILE_MAX))
     if not finite:
         return None
     as_float = np.array([mx, need], dtype=np.int32).view(np.float32)
     det = (fine, row_max.view(np.float32), heat, profile, first) if detail else None
     return (s_abs, s_rr, s_dd, s_pp), float(as_float[0]), float(as_float[1]), int(outside), det
-
-
-def _count(bins: np.ndarray) -> int:
-    return int(bins[-1]) + 1 if bins.size else 1
-
-
-@functools.lru_cache(maxsize=256)
-def _bins_cached(n: int, out: int) -> np.ndarray:
-    if n <= out:
-        return np.arange(n, dtype=np.int64)
-    edges = np.linspace(0, n, out + 1).astype(int)  # the bins of metrics._pool_max
-    return (np.searchsorted(edges, np.arange(n), side="right") - 1).astype(np.int64)
-
-
-def _bins(n: int, out: int) -> np.ndarray:
-    return _bins_cached(int(n), int(out))
 
 
 def fingerprint_sums(a: np.ndarray) -> tuple[int, float, float, float, float]:

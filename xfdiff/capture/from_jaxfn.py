@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
 from . import Substitute
-from .from_linen import function_name, jax_token, key_str, to_jax_inputs
+from .from_linen import add_param, function_name, key_str, to_jax_inputs
 from .jax_record import run_once, run_with_fallbacks
 
 
@@ -47,10 +47,7 @@ def params_by_path(params: Any, tokens: dict | None = None) -> dict[str, dict[st
             continue
         parts = [key_str(p) for p in path]
         owner = canonical_path(tuple(parts[:-1]))
-        name = parts[-1] if parts else "value"
-        out.setdefault(owner, {})[name] = np.asarray(leaf)
-        if tokens is not None and isinstance(leaf, jax.Array):
-            tokens.setdefault(owner, {})[name] = jax_token(leaf)
+        add_param(out, tokens, owner, parts[-1] if parts else "value", leaf)
     return out
 
 

@@ -113,9 +113,7 @@ def params_by_path(variables: Mapping, tokens: dict | None = None) -> dict[str, 
             elif isinstance(v, (jax.Array, np.ndarray)) or hasattr(v, "value"):
                 arr = getattr(v, "value", v)
                 name = k if collection == "params" else f"{collection}.{k}"
-                out.setdefault(canonical_path(parts), {})[name] = np.asarray(arr)
-                if tokens is not None and isinstance(arr, jax.Array):
-                    tokens.setdefault(canonical_path(parts), {})[name] = jax_token(arr)
+                add_param(out, tokens, canonical_path(parts), name, arr)
 
     for collection, tree in variables.items():
         if isinstance(tree, Mapping):
@@ -123,9 +121,13 @@ def params_by_path(variables: Mapping, tokens: dict | None = None) -> dict[str, 
     return out
 
 
-def jax_token(arr: jax.Array) -> ParamToken:
-    """JAX arrays are immutable: the object is the identity of its values."""
-    return ParamToken(("jax", id(arr)), arr)
+def add_param(out: dict, tokens: dict | None, owner: str, name: str, value: Any) -> None:
+    """Store ``value`` as parameter ``name`` of module ``owner`` on the host, and in ``tokens``
+    its :class:`~xfdiff.trace.ParamToken` when it is a JAX array (immutable: the object is the
+    identity of its values)."""
+    out.setdefault(owner, {})[name] = np.asarray(value)
+    if tokens is not None and isinstance(value, jax.Array):
+        tokens.setdefault(owner, {})[name] = ParamToken(("jax", id(value)), value)
 
 
 def to_jax_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:

@@ -30,7 +30,7 @@ from flax import nnx
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
 from . import Substitute
-from .from_linen import function_name, jax_token, to_jax_inputs
+from .from_linen import add_param, function_name, to_jax_inputs
 from .jax_record import active, run_once, run_with_fallbacks
 
 TAG = "_xfdiff_path"
@@ -75,9 +75,7 @@ def params_by_module(model: nnx.Module, modules: dict[str, nnx.Module],
             owner = canonical_path(strs[:cut])
             if owner in modules:
                 name = _collection(node) + ".".join(strs[cut:])
-                out.setdefault(owner, {})[name] = np.asarray(value)
-                if tokens is not None and isinstance(value, jax.Array):
-                    tokens.setdefault(owner, {})[name] = jax_token(value)
+                add_param(out, tokens, owner, name, value)
                 break
     return out
 

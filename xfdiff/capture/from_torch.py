@@ -15,7 +15,6 @@ Design notes:
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,21 +61,17 @@ class CopyMemo:
     """
 
     def __init__(self) -> None:
-        self._seen: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
+        self._seen: dict[tuple, tuple[ParamToken, np.ndarray]] = {}
 
     def copy(self, t: torch.Tensor) -> np.ndarray:
-        try:
-            state = (t._version, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
-        except (RuntimeError, NotImplementedError):  # sparse, nested, meta...: no identity to trust
+        tok = tensor_token(t)
+        if tok is None:  # sparse, nested, meta...: no identity to trust
             return to_numpy(t)
-        hit = self._seen.get(id(t))
-        if hit is not None and hit[0]() is t and hit[1] == state:
-            return hit[2]
+        hit = self._seen.get(tok.key)
+        if hit is not None and hit[0].alive():
+            return hit[1]
         a = to_numpy(t)
-        try:
-            self._seen[id(t)] = (weakref.ref(t), state, a)
-        except TypeError:  # a tensor subclass without weak references: no reuse
-            pass
+        self._seen[tok.key] = (tok, a)
         return a
 
 
@@ -152,10 +147,11 @@ def _own_tensors(mod: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def param_token(t: torch.Tensor) -> ParamToken | None:
+def tensor_token(t: torch.Tensor) -> ParamToken | None:
     """Same key while ``t`` is alive and not written in place (``_version`` counts writes).
 
-    ``None`` for a tensor without plain storage (sparse, meta...): nothing computed from it is reused.
+    ``None`` for a tensor without plain storage (sparse, meta...) or without
+    weak references: nothing computed from it is reused.
     """
     try:
         return ParamToken(("torch", id(t), t._version, t.data_ptr(), tuple(t.shape), str(t.dtype)), t)
@@ -225,7 +221,7 @@ class TorchSide:
             if own:
                 trace.params[path] = {n: param_view(t) if n in mod._parameters else to_numpy(t)
                                       for n, t in own.items()}
-                tokens = {n: param_token(t) for n, t in own.items()}
+                tokens = {n: tensor_token(t) for n, t in own.items()}
                 trace.param_tokens[path] = {n: tok for n, tok in tokens.items() if tok is not None}
         counters: dict[str, int] = {}
         pending: dict[int, list] = {}
