@@ -101,8 +101,11 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
     gc.collect()
     ids = token_ids(cfg, args.seq)
-    flax_inputs = {"input_ids": ids.astype("i4"), "attention_mask": np.ones_like(ids, "i4"),
-                   "position_ids": np.arange(args.seq, dtype="i4")[None]}
+    flax_inputs = {
+        "input_ids": ids.astype("i4"),
+        "attention_mask": np.ones_like(ids, "i4"),
+        "position_ids": np.arange(args.seq, dtype="i4")[None],
+    }
     import psutil
 
     rss_models = psutil.Process().memory_info().rss / 2**30
@@ -110,17 +113,38 @@ def main(argv=None) -> int:
     stages = record_stages()
     t0 = time.perf_counter()
     with Sampler() as sampler:
-        report = xfdiff.compare(pt, (fx.module, {"params": params}), {"input_ids": torch.from_numpy(ids)},
-                                flax_inputs=flax_inputs, memory="bounded", local=not args.no_local, progress=True)
+        report = xfdiff.compare(
+            pt,
+            (fx.module, {"params": params}),
+            {"input_ids": torch.from_numpy(ids)},
+            flax_inputs=flax_inputs,
+            memory="bounded",
+            local=not args.no_local,
+            progress=True,
+        )
     compare_s = time.perf_counter() - t0
     mem = report.meta["memory"]
     per_side = mem["reference_bytes_spilled"] / 2**30
     result = {
         "benchmark": "llama_1b_bounded",
         "command": "python benchmarks/bench_1b.py" + ("" if full_size else f" --layers {args.layers} --seq {args.seq}"),
-        "model": {**{k: getattr(cfg, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
-                                                     "num_attention_heads", "num_key_value_heads", "vocab_size")},
-                  "parameters": n_params, "dtype": "float32", "seq": args.seq, "batch": 1},
+        "model": {
+            **{
+                k: getattr(cfg, k)
+                for k in (
+                    "num_hidden_layers",
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                )
+            },
+            "parameters": n_params,
+            "dtype": "float32",
+            "seq": args.seq,
+            "batch": 1,
+        },
         "compare": {"memory": "bounded", "local": not args.no_local, "diagnose": True},
         "peak_rss_gib": round(peak_rss_gib(), 2),
         "peak_rss_gib_during_compare_sampled": round(sampler.peak / 2**30, 2),
@@ -136,15 +160,27 @@ def main(argv=None) -> int:
         "rows": len(report.layers),
         "final": {"status": report.final.status, "max_abs": report.final.max_abs, "rel_l2": report.final.rel_l2},
         "first_divergence": report.first_divergence and report.first_divergence.label,
-        "statuses": {s: sum(1 for lyr in report.layers if lyr.status == s) for s in
-                     sorted({lyr.status for lyr in report.layers})},
+        "statuses": {
+            s: sum(1 for lyr in report.layers if lyr.status == s) for s in sorted({lyr.status for lyr in report.layers})
+        },
         "environment": environment(),
     }
     name = "llama_1b.json" if full_size else "llama_1b_small.json"
     path = write_result(name, result)
     print(report.summary(max_rows=5))
-    print({k: result[k] for k in ("peak_rss_gib", "peak_rss_gib_during_compare_sampled", "rss_gib_models_loaded",
-                                  "compare_s", "reference_activations_gib", "full_mode_estimate_gib")})
+    print(
+        {
+            k: result[k]
+            for k in (
+                "peak_rss_gib",
+                "peak_rss_gib_during_compare_sampled",
+                "rss_gib_models_loaded",
+                "compare_s",
+                "reference_activations_gib",
+                "full_mode_estimate_gib",
+            )
+        }
+    )
     print("wrote", path)
     return 0
 

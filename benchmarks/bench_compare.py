@@ -33,8 +33,10 @@ CONFIGS = {
 }
 # The same calls with nothing remembered from earlier comparisons (parameter
 # fingerprints and pairing), as when the weights are new: e.g. after each training step.
-FRESH = {"local=False, weights new": dict(local=False, diagnose=True),
-         "local=True, weights new": dict(local=True, diagnose=True)}
+FRESH = {
+    "local=False, weights new": dict(local=False, diagnose=True),
+    "local=True, weights new": dict(local=True, diagnose=True),
+}
 
 
 def forget_weights() -> None:
@@ -43,6 +45,7 @@ def forget_weights() -> None:
 
     align._MEMO.clear()
     trace._DERIVED.clear()
+
 
 # (owner, attribute) of the functions whose time makes up a compare() call.
 STAGES = {
@@ -148,16 +151,30 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "compare_vs_bare",
         "command": "python benchmarks/bench_compare.py" + (" --quick" if args.quick else ""),
-        "model": {"kind": "LlamaForCausalLM / FlaxLlamaForCausalLM", **{k: getattr(cfg, k) for k in (
-            "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
-            "num_key_value_heads", "vocab_size")}, "seq": args.seq, "batch": 1, "dtype": "float32"},
+        "model": {
+            "kind": "LlamaForCausalLM / FlaxLlamaForCausalLM",
+            **{
+                k: getattr(cfg, k)
+                for k in (
+                    "num_hidden_layers",
+                    "hidden_size",
+                    "intermediate_size",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "vocab_size",
+                )
+            },
+            "seq": args.seq,
+            "batch": 1,
+            "dtype": "float32",
+        },
         "n_rows": len(report.layers),
         "repeats": repeats,
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "ratio_to_bare": {k: round(med[k] / med["bare"], 3) for k in [*CONFIGS, *FRESH]},
         "targets": {"local=False": 1.5, "local=True": 2.5},
         "note": "a repeated compare() of unchanged weights reuses their fingerprints and pairing; "
-                "'weights new' rows forget both before every call",
+        "'weights new' rows forget both before every call",
         "first_call_s": {k: round(v, 3) for k, v in cold.items()},
         "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "stages_s (local=True, diagnose=True)": stage_times(pt, fx, ids, CONFIGS["local=True, diagnose=True"]),

@@ -69,27 +69,38 @@ def main(argv=None) -> int:
         return 0
     runs = {}
     for name in VARIANTS:
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--seq", str(args.seq)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name, "--seq", str(args.seq)], capture_output=True, text=True
+        )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
         if line is None:
             print(name, "failed:", proc.stderr[-1000:])
             continue
-        runs[name] = r = json.loads(line[len("RESULT"):])
-        print(f"{name:28s} peak {r['peak_rss_gib']:.2f} GiB (models + warm forward {r['baseline_gib']:.2f}, "
-              f"extra {r['extra_gib'] * 1024:.0f} MiB)")
+        runs[name] = r = json.loads(line[len("RESULT") :])
+        print(
+            f"{name:28s} peak {r['peak_rss_gib']:.2f} GiB (models + warm forward {r['baseline_gib']:.2f}, "
+            f"extra {r['extra_gib'] * 1024:.0f} MiB)"
+        )
     bare = runs["bare"]
     cfg = llama_config()
-    path = write_result("memory_llama12.json", {
-        "benchmark": "peak_rss_vs_bare",
-        "command": "python benchmarks/bench_memory.py",
-        "model": {"kind": "LlamaForCausalLM / FlaxLlamaForCausalLM", "layers": cfg.num_hidden_layers,
-                  "hidden": cfg.hidden_size, "seq": args.seq, "dtype": "float32"},
-        "peak_ratio_to_bare": {k: round(r["peak_rss_gib"] / bare["peak_rss_gib"], 3) for k, r in runs.items()},
-        "extra_mib": {k: round(r["extra_gib"] * 1024) for k, r in runs.items()},
-        "runs": runs,
-        "environment": environment(),
-    })
+    path = write_result(
+        "memory_llama12.json",
+        {
+            "benchmark": "peak_rss_vs_bare",
+            "command": "python benchmarks/bench_memory.py",
+            "model": {
+                "kind": "LlamaForCausalLM / FlaxLlamaForCausalLM",
+                "layers": cfg.num_hidden_layers,
+                "hidden": cfg.hidden_size,
+                "seq": args.seq,
+                "dtype": "float32",
+            },
+            "peak_ratio_to_bare": {k: round(r["peak_rss_gib"] / bare["peak_rss_gib"], 3) for k, r in runs.items()},
+            "extra_mib": {k: round(r["extra_gib"] * 1024) for k, r in runs.items()},
+            "runs": runs,
+            "environment": environment(),
+        },
+    )
     print("wrote", path)
     return 0
 

@@ -128,34 +128,53 @@ def main(argv=None) -> int:
         return 0
     results = {}
     for name in args.tools.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--repeats", str(args.repeats),
-                               "--seq", str(args.seq)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name, "--repeats", str(args.repeats), "--seq", str(args.seq)],
+            capture_output=True,
+            text=True,
+        )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
         if line is None:
             results[name] = {"error": proc.stderr[-2000:]}
             print(name, "failed:", proc.stderr[-500:])
             continue
-        results[name] = r = json.loads(line[len("RESULT"):])
-        print(f"{name:22s} bare {r['bare_median_s']:.3f}s  tool {r['tool_median_s']:.3f}s  x{r['ratio_to_bare']:.2f}  "
-              f"+{r['extra_peak_rss_mib']:.0f} MiB peak")
+        results[name] = r = json.loads(line[len("RESULT") :])
+        print(
+            f"{name:22s} bare {r['bare_median_s']:.3f}s  tool {r['tool_median_s']:.3f}s  x{r['ratio_to_bare']:.2f}  "
+            f"+{r['extra_peak_rss_mib']:.0f} MiB peak"
+        )
     ref = results.get("xfdiff", {})
-    summary = {name: {"ratio_to_bare": round(r["ratio_to_bare"], 2),
-                      "extra_peak_rss_mib": round(r["extra_peak_rss_mib"]),
-                      "time_vs_xfdiff": round(r["tool_median_s"] / ref["tool_median_s"], 2) if "tool_median_s" in ref else None,
-                      "memory_vs_xfdiff": round(r["extra_peak_rss_mib"] / ref["extra_peak_rss_mib"], 2)
-                      if ref.get("extra_peak_rss_mib") else None}
-               for name, r in results.items() if "error" not in r}
+    summary = {
+        name: {
+            "ratio_to_bare": round(r["ratio_to_bare"], 2),
+            "extra_peak_rss_mib": round(r["extra_peak_rss_mib"]),
+            "time_vs_xfdiff": round(r["tool_median_s"] / ref["tool_median_s"], 2) if "tool_median_s" in ref else None,
+            "memory_vs_xfdiff": round(r["extra_peak_rss_mib"] / ref["extra_peak_rss_mib"], 2)
+            if ref.get("extra_peak_rss_mib")
+            else None,
+        }
+        for name, r in results.items()
+        if "error" not in r
+    }
     cfg = llama_config()
-    path = write_result("peers_llama12.json", {
-        "benchmark": "torch_capture_vs_peers",
-        "command": "python benchmarks/bench_peers.py",
-        "model": {"kind": "LlamaForCausalLM", "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
-                  "seq": args.seq, "dtype": "float32"},
-        "repeats": args.repeats,
-        "summary": summary,
-        "runs": results,
-        "environment": environment(),
-    })
+    path = write_result(
+        "peers_llama12.json",
+        {
+            "benchmark": "torch_capture_vs_peers",
+            "command": "python benchmarks/bench_peers.py",
+            "model": {
+                "kind": "LlamaForCausalLM",
+                "layers": cfg.num_hidden_layers,
+                "hidden": cfg.hidden_size,
+                "seq": args.seq,
+                "dtype": "float32",
+            },
+            "repeats": args.repeats,
+            "summary": summary,
+            "runs": results,
+            "environment": environment(),
+        },
+    )
     print("wrote", path)
     return 0
 

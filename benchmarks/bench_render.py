@@ -35,8 +35,14 @@ from pathlib import Path
 
 LIMITS = {"first_view_ms": 2000, "layer_detail_ms": 500, "html_bytes": 6_000_000}
 ROOT = Path(__file__).resolve().parent.parent
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+)
 
 # Resolves with performance.now() once `cond` holds (polled every animation frame).
 _WAIT = """
@@ -109,16 +115,20 @@ def _dash_first_view(driver, url: str, label: str) -> tuple[float, float, float,
     driver.get(url)
     verdict = "const v = document.getElementById('xf-verdict'); return !!v && v.textContent.includes('First');"
     t_verdict = driver.execute_async_script(_WAIT, verdict)
-    first = (f"const v = document.getElementById('xf-verdict'); const t = document.getElementById('xf-detail-title');"
-             f"return v && v.textContent.includes('First divergence') && t && t.textContent.includes({_js_str(label)})"
-             f" && document.getElementById('xf-facts').textContent.length > 0"
-             f" && document.querySelector('#xf-depth .scatterlayer .trace')"
-             f" && document.querySelector('#xf-grid .xf-row') && {_IDLE};")
+    first = (
+        f"const v = document.getElementById('xf-verdict'); const t = document.getElementById('xf-detail-title');"
+        f"return v && v.textContent.includes('First divergence') && t && t.textContent.includes({_js_str(label)})"
+        f" && document.getElementById('xf-facts').textContent.length > 0"
+        f" && document.querySelector('#xf-depth .scatterlayer .trace')"
+        f" && document.querySelector('#xf-grid .xf-row') && {_IDLE};"
+    )
     t_first = driver.execute_async_script(_WAIT, first)
     metrics = driver.execute_cdp_cmd("Performance.getMetrics", {})["metrics"]
     cpu = 1000 * next(m["value"] for m in metrics if m["name"] == "ThreadTime")
-    drawn = ("const g = document.querySelectorAll('.js-plotly-plot');"
-             "return g.length >= 5 && [...g].every(x => x.querySelector('.main-svg'));")
+    drawn = (
+        "const g = document.querySelectorAll('.js-plotly-plot');"
+        "return g.length >= 5 && [...g].every(x => x.querySelector('.main-svg'));"
+    )
     return t_verdict, t_first, driver.execute_async_script(_WAIT, drawn), cpu
 
 
@@ -134,9 +144,11 @@ def _dash_detail(driver, report, n: int = 5) -> list[float]:
         cell = driver.find_element(By.CSS_SELECTOR, f'#xf-grid .xf-row[data-row-id="{rid}"] [data-col="layer"]')
         t0 = driver.execute_script("return performance.now()")
         cell.click()
-        cond = (f"return document.getElementById('xf-detail-title').textContent.includes({_js_str(lyr.label)})"
-                f" && document.getElementById('xf-facts').textContent.includes({_js_str(lyr.torch_path)})"
-                f" && {_IDLE};")
+        cond = (
+            f"return document.getElementById('xf-detail-title').textContent.includes({_js_str(lyr.label)})"
+            f" && document.getElementById('xf-facts').textContent.includes({_js_str(lyr.torch_path)})"
+            f" && {_IDLE};"
+        )
         out.append(driver.execute_async_script(_WAIT, cond) - t0)
     return out
 
@@ -156,15 +168,20 @@ def _html_detail(driver, report, n: int = 5) -> list[float]:
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
         t0 = driver.execute_script("return performance.now()")
         row.click()
-        cond = (f"return document.getElementById('xf-detail-title').textContent"
-                f".includes({_js_str(report.layers[order].label)});")
+        cond = (
+            f"return document.getElementById('xf-detail-title').textContent"
+            f".includes({_js_str(report.layers[order].label)});"
+        )
         out.append(driver.execute_async_script(_WAIT, cond) - t0)
     return out
 
 
 def _stats(samples: list[float]) -> dict:
-    return {"median": round(statistics.median(samples), 1), "max": round(max(samples), 1),
-            "samples": [round(s, 1) for s in samples]}
+    return {
+        "median": round(statistics.median(samples), 1),
+        "max": round(max(samples), 1),
+        "samples": [round(s, 1) for s in samples],
+    }
 
 
 def bench_dashboard(report, runs: int = 3) -> dict:
@@ -191,9 +208,15 @@ def bench_dashboard(report, runs: int = 3) -> dict:
             detail += _dash_detail(driver, report, n=3)
         finally:
             driver.quit()
-    return {"server_start_s": round(started, 2), "verdict_shown_ms": _stats(shown), "first_view_ms": _stats(cold),
-            "all_plots_drawn_ms": _stats(cold_all), "renderer_main_thread_cpu_ms": _stats(cpu),
-            "first_view_cached_scripts_ms": _stats(warm), "layer_detail_ms": _stats(detail)}
+    return {
+        "server_start_s": round(started, 2),
+        "verdict_shown_ms": _stats(shown),
+        "first_view_ms": _stats(cold),
+        "all_plots_drawn_ms": _stats(cold_all),
+        "renderer_main_thread_cpu_ms": _stats(cpu),
+        "first_view_cached_scripts_ms": _stats(warm),
+        "layer_detail_ms": _stats(detail),
+    }
 
 
 def bench_html(report, driver, folder: Path) -> dict:
@@ -208,9 +231,13 @@ def bench_html(report, driver, folder: Path) -> dict:
     m = re.search(r"\((\d+) of \d+ layers have plots\)", text)
     first = [_html_first_view(driver, path) for _ in range(2)]
     detail = _html_detail(driver, report)
-    return {"bytes": os.path.getsize(path), "write_s": round(write_s, 2),
-            "layers_with_plots": int(m.group(1)) if m else len(report.layers),
-            "first_view_ms": _stats(first), "layer_detail_ms": _stats(detail)}
+    return {
+        "bytes": os.path.getsize(path),
+        "write_s": round(write_s, 2),
+        "layers_with_plots": int(m.group(1)) if m else len(report.layers),
+        "first_view_ms": _stats(first),
+        "layer_detail_ms": _stats(detail),
+    }
 
 
 def screenshot(path: Path) -> None:
@@ -256,20 +283,29 @@ def main(argv=None) -> int:
                 "dashboard": dash_result,
                 "html": bench_html(report, driver, Path(tmp)),
                 "limits": LIMITS,
-                "criteria": ("median first view with nothing cached (fresh browser profile) and median row click, "
-                             "in the page's own clock; HTML file size. renderer_main_thread_cpu_ms: CPU time of "
-                             "the page's main thread up to the first view (less sensitive to other load)"),
-                "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                            "cpus": os.cpu_count(), "browser": driver.capabilities.get("browserVersion"),
-                            "dash": dash.__version__, "plotly": plotly.__version__,
-                            "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
+                "criteria": (
+                    "median first view with nothing cached (fresh browser profile) and median row click, "
+                    "in the page's own clock; HTML file size. renderer_main_thread_cpu_ms: CPU time of "
+                    "the page's main thread up to the first view (less sensitive to other load)"
+                ),
+                "machine": {
+                    "python": sys.version.split()[0],
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "browser": driver.capabilities.get("browserVersion"),
+                    "dash": dash.__version__,
+                    "plotly": plotly.__version__,
+                    "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                },
             }
     finally:
         driver.quit()
     d, h = result["dashboard"], result["html"]
-    result["pass"] = (d["first_view_ms"]["median"] < LIMITS["first_view_ms"]
-                      and d["layer_detail_ms"]["median"] < LIMITS["layer_detail_ms"]
-                      and h["bytes"] <= LIMITS["html_bytes"])
+    result["pass"] = (
+        d["first_view_ms"]["median"] < LIMITS["first_view_ms"]
+        and d["layer_detail_ms"]["median"] < LIMITS["layer_detail_ms"]
+        and h["bytes"] <= LIMITS["html_bytes"]
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))

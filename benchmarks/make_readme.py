@@ -22,8 +22,10 @@ def _load(name: str) -> dict | None:
 
 def _env(d: dict) -> str:
     e = d.get("environment", {})
-    return (f"{e.get('cpus')} CPUs, torch {e.get('torch')} ({e.get('torch_threads')} threads), jax {e.get('jax')} "
-            f"({e.get('jax_backend')}), transformers {e.get('transformers')}, {e.get('date')}")
+    return (
+        f"{e.get('cpus')} CPUs, torch {e.get('torch')} ({e.get('torch_threads')} threads), jax {e.get('jax')} "
+        f"({e.get('jax_backend')}), transformers {e.get('transformers')}, {e.get('date')}"
+    )
 
 
 def compare_section(d: dict) -> list[str]:
@@ -47,25 +49,45 @@ def compare_section(d: dict) -> list[str]:
         # The targets compare warm calls on both sides (the bare work's jit compile is not counted either).
         out.append(f"| {label} | {d['median_s'][k]:.3f} | {r:.2f} | {'(warm only)' if fresh else f'<= {target}'} |")
     stages = next(v for k, v in d.items() if k.startswith("stages"))
-    out += ["", "Where the time goes in `compare(local=True, diagnose=True)` (seconds, median of the timed "
-            "runs; statistics run inside rows and teacher forcing; the Flax capture counts both runs):", "",
-            "| stage | s |", "|---|---:|"]
+    out += [
+        "",
+        "Where the time goes in `compare(local=True, diagnose=True)` (seconds, median of the timed "
+        "runs; statistics run inside rows and teacher forcing; the Flax capture counts both runs):",
+        "",
+        "| stage | s |",
+        "|---|---:|",
+    ]
     out += [f"| {k} | {v:.3f} |" for k, v in stages.items()]
     bare = d["median_s"]["bare"]
     fresh = [k for k in d["ratio_to_bare"] if "weights new" in k]
-    out += ["", (f"Reading it: the two captures cost about what the two forward passes cost "
-                 f"({stages['capture torch']:.2f} s and {stages['capture flax (plain + teacher-forced)'] / 2:.2f} s a run "
-                 f"against a bare {bare:.2f} s for both); every row's statistics and detail come from one "
-                 f"compiled pass ({stages['rows (stats + detail)']:.3f} s for {d['n_rows']} rows). Alignment "
-                 f"({stages['align']:.3f} s here) reuses the parameter fingerprints and pairing of an earlier "
-                 "comparison while no weight has changed (a port's code edited and compared again); "
-                 + ("with nothing remembered (" + ", ".join(f"`{k}`: {d['ratio_to_bare'][k]:.2f}x" for k in fresh)
-                    + ") it fingerprints every weight on both sides, as a first comparison of new weights "
-                    "does. The targets are for warm calls, as the bare work is measured warm: its own first "
-                    f"call, jit compile included, takes {d['first_call_s']['bare']:.2f} s." if fresh else ""))]
+    out += [
+        "",
+        (
+            f"Reading it: the two captures cost about what the two forward passes cost "
+            f"({stages['capture torch']:.2f} s and {stages['capture flax (plain + teacher-forced)'] / 2:.2f} s a run "
+            f"against a bare {bare:.2f} s for both); every row's statistics and detail come from one "
+            f"compiled pass ({stages['rows (stats + detail)']:.3f} s for {d['n_rows']} rows). Alignment "
+            f"({stages['align']:.3f} s here) reuses the parameter fingerprints and pairing of an earlier "
+            "comparison while no weight has changed (a port's code edited and compared again); "
+            + (
+                "with nothing remembered ("
+                + ", ".join(f"`{k}`: {d['ratio_to_bare'][k]:.2f}x" for k in fresh)
+                + ") it fingerprints every weight on both sides, as a first comparison of new weights "
+                "does. The targets are for warm calls, as the bare work is measured warm: its own first "
+                f"call, jit compile included, takes {d['first_call_s']['bare']:.2f} s."
+                if fresh
+                else ""
+            )
+        ),
+    ]
     first = d["first_call_s"]
-    out += ["", "First (cold) calls, seconds: " + ", ".join(f"{k}: {v}" for k, v in first.items()) + ".",
-            "", f"Environment: {_env(d)}.", ""]
+    out += [
+        "",
+        "First (cold) calls, seconds: " + ", ".join(f"{k}: {v}" for k, v in first.items()) + ".",
+        "",
+        f"Environment: {_env(d)}.",
+        "",
+    ]
     return out
 
 
@@ -81,13 +103,17 @@ def peers_section(d: dict) -> list[str]:
         "| tool | what it records | ratio to bare forward | time vs xfdiff | extra peak RSS (MiB) |",
         "|---|---|---:|---:|---:|",
     ]
-    what = {"xfdiff": "inputs + outputs of every module call (numpy)",
-            "torchlens": "output of every tensor operation",
-            "hf_debugger_full": "every module's tensors to safetensors + JSON",
-            "hf_debugger_default": "tensor reprs, first/last layer"}
+    what = {
+        "xfdiff": "inputs + outputs of every module call (numpy)",
+        "torchlens": "output of every tensor operation",
+        "hf_debugger_full": "every module's tensors to safetensors + JSON",
+        "hf_debugger_default": "tensor reprs, first/last layer",
+    }
     for name, s in d["summary"].items():
-        out.append(f"| {name} | {what.get(name, '')} | {s['ratio_to_bare']:.2f} | {s['time_vs_xfdiff']:.2f} | "
-                   f"{s['extra_peak_rss_mib']} |")
+        out.append(
+            f"| {name} | {what.get(name, '')} | {s['ratio_to_bare']:.2f} | {s['time_vs_xfdiff']:.2f} | "
+            f"{s['extra_peak_rss_mib']} |"
+        )
     out += ["", f"Environment: {_env(d)}.", ""]
     return out
 
@@ -116,7 +142,7 @@ def big_section(d: dict) -> list[str]:
         "",
         f"`{d['command']}` — {m['parameters'] / 1e9:.2f}B parameters ({m['num_hidden_layers']} layers, "
         f"d={m['hidden_size']}, {m['num_attention_heads']} heads, {m['num_key_value_heads']} key/value heads), "
-        f"fp32, seq {m['seq']}, `compare(..., memory=\"bounded\")` with teacher forcing and diagnosis.",
+        f'fp32, seq {m["seq"]}, `compare(..., memory="bounded")` with teacher forcing and diagnosis.',
         "",
         "| measure | value |",
         "|---|---:|",
@@ -138,23 +164,38 @@ def big_section(d: dict) -> list[str]:
 
 def render_section(d: dict) -> list[str]:
     dash, html = d.get("dashboard", {}), d.get("html", {})
-    out = ["## Rendering a 1,000-call report", "",
-           "`python benchmarks/bench_render.py` (results in `results/render.json`):", "",
-           "| view | first view (ms, median) | layer detail (ms, median) |", "|---|---:|---:|"]
+    out = [
+        "## Rendering a 1,000-call report",
+        "",
+        "`python benchmarks/bench_render.py` (results in `results/render.json`):",
+        "",
+        "| view | first view (ms, median) | layer detail (ms, median) |",
+        "|---|---:|---:|",
+    ]
     for name, v in (("dashboard", dash), ("static HTML", html)):
         if "first_view_ms" in v:
-            out.append(f"| {name} | {v['first_view_ms']['median']} | {v.get('layer_detail_ms', {}).get('median', '')} |")
+            out.append(
+                f"| {name} | {v['first_view_ms']['median']} | {v.get('layer_detail_ms', {}).get('median', '')} |"
+            )
     return out + [""]
 
 
 def main() -> int:
-    lines = ["# Benchmarks", "",
-             "Scripts, not tests: each writes a JSON file to `benchmarks/results/`; this page is generated from "
-             "those files by `python benchmarks/make_readme.py`. Timings come from a shared 2-core machine and "
-             "move by 10-30% between runs; ratios are measured side by side in one process.", ""]
-    for name, section in (("compare_llama12.json", compare_section), ("peers_llama12.json", peers_section),
-                          ("memory_llama12.json", memory_section), ("llama_1b.json", big_section),
-                          ("render.json", render_section)):
+    lines = [
+        "# Benchmarks",
+        "",
+        "Scripts, not tests: each writes a JSON file to `benchmarks/results/`; this page is generated from "
+        "those files by `python benchmarks/make_readme.py`. Timings come from a shared 2-core machine and "
+        "move by 10-30% between runs; ratios are measured side by side in one process.",
+        "",
+    ]
+    for name, section in (
+        ("compare_llama12.json", compare_section),
+        ("peers_llama12.json", peers_section),
+        ("memory_llama12.json", memory_section),
+        ("llama_1b.json", big_section),
+        ("render.json", render_section),
+    ):
         d = _load(name)
         if d is not None:
             lines += section(d)

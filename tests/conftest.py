@@ -127,15 +127,23 @@ def make_evil_report():
     w = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
     bias = w[f"{EVIL}.bias"].copy()
     bias[3] += 1e-3  # the port's bug: one wrong bias element in the layer with the hostile name
-    params = {"inp": {"kernel": w[f"{EVIL}.weight"].T, "bias": bias},
-              "out": {"kernel": w["out.weight"].T, "bias": w["out.bias"]}}
+    params = {
+        "inp": {"kernel": w[f"{EVIL}.weight"].T, "bias": bias},
+        "out": {"kernel": w["out.weight"].T, "bias": w["out.bias"]},
+    }
     variables = {"params": jax.tree_util.tree_map(np.asarray, params)}
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     report = xfdiff.compare(ref, (Port(), variables), x, progress=False)
     culprit = report.first_divergence
-    report.findings.append(Finding(
-        pitfall="gelu_approximate", torch_path=culprit.torch_path, flax_path=culprit.flax_path,
-        message=f"The layer {EVIL} computes {EVIL_IMG}", evidence={"explained": 0.99, "note": EVIL},
-        fix=f"use approximate=False in {EVIL}"))
+    report.findings.append(
+        Finding(
+            pitfall="gelu_approximate",
+            torch_path=culprit.torch_path,
+            flax_path=culprit.flax_path,
+            message=f"The layer {EVIL} computes {EVIL_IMG}",
+            evidence={"explained": 0.99, "note": EVIL},
+            fix=f"use approximate=False in {EVIL}",
+        )
+    )
     report.meta.setdefault("notes", []).append(f"note {EVIL}")
     return report

@@ -85,8 +85,14 @@ def linear_params(m: torch.nn.Linear) -> dict:
     return {"kernel": m.weight.detach().numpy().T.copy(), "bias": m.bias.detach().numpy().copy()}
 
 
-def pair(d: int = 8, seed: int = 0, raise_in: str | None = None, nan_in: str | None = None,
-         dropout: float = 0.0, batch: int = 2):
+def pair(
+    d: int = 8,
+    seed: int = 0,
+    raise_in: str | None = None,
+    nan_in: str | None = None,
+    dropout: float = 0.0,
+    batch: int = 2,
+):
     """(torch model, (linen module, variables), inputs) with the same weights."""
     torch.manual_seed(seed)
     pt = TNet(d, fail=raise_in == "torch", nan=nan_in == "both", dropout=dropout).eval()
@@ -157,8 +163,14 @@ def rewrite_member(src: Path, dst: Path, member: str, data: bytes | None) -> Pat
 
 def _torch_state(model: torch.nn.Module) -> dict:
     hooks = [
-        (name, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
-         dict(getattr(m, "_forward_hooks_with_kwargs", {})), dict(getattr(m, "_forward_pre_hooks_with_kwargs", {})))
+        (
+            name,
+            dict(m._forward_hooks),
+            dict(m._forward_pre_hooks),
+            dict(m._backward_hooks),
+            dict(getattr(m, "_forward_hooks_with_kwargs", {})),
+            dict(getattr(m, "_forward_pre_hooks_with_kwargs", {})),
+        )
         for name, m in model.named_modules()
     ]
     return {
@@ -176,8 +188,11 @@ def _global_state() -> dict:
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state()[1].copy(),
         "torch_global_hooks": (len(tm._global_forward_hooks), len(tm._global_forward_pre_hooks)),
-        "jax_flags": (jax.config.jax_enable_x64, str(jax.config.jax_default_matmul_precision),
-                      jax.config.jax_disable_jit),
+        "jax_flags": (
+            jax.config.jax_enable_x64,
+            str(jax.config.jax_default_matmul_precision),
+            jax.config.jax_disable_jit,
+        ),
         "grad_enabled": torch.is_grad_enabled(),
     }
 
@@ -206,7 +221,9 @@ def _equal(a, b) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        return (
+            isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     if isinstance(a, np.ndarray):

@@ -96,12 +96,14 @@ def params_from_torch(state_dict: Mapping[str, Any], cfg: LlamaPortConfig) -> di
     layers = []
     for i in range(cfg.num_layers):
         pre = f"model.layers.{i}"
-        layers.append({
-            "attn_norm": scale(f"{pre}.input_layernorm"),
-            "attn": {short: kernel(f"{pre}.self_attn.{short}_proj") for short in ("q", "k", "v", "o")},
-            "mlp_norm": scale(f"{pre}.post_attention_layernorm"),
-            "mlp": {short: kernel(f"{pre}.mlp.{short}_proj") for short in ("gate", "up", "down")},
-        })
+        layers.append(
+            {
+                "attn_norm": scale(f"{pre}.input_layernorm"),
+                "attn": {short: kernel(f"{pre}.self_attn.{short}_proj") for short in ("q", "k", "v", "o")},
+                "mlp_norm": scale(f"{pre}.post_attention_layernorm"),
+                "mlp": {short: kernel(f"{pre}.mlp.{short}_proj") for short in ("gate", "up", "down")},
+            }
+        )
     head = sd.get("lm_head.weight", sd["model.embed_tokens.weight"])  # tied embeddings have no lm_head entry
     return {
         "embed": {"embedding": jnp.asarray(sd["model.embed_tokens.weight"])},
@@ -156,8 +158,17 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, interleaved: bool =
     return jnp.stack([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).reshape(x.shape)
 
 
-def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | None, *,
-              cfg: LlamaPortConfig, scope: str, interleaved: bool = False) -> jax.Array:
+def attention(
+    p: dict,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array | None,
+    *,
+    cfg: LlamaPortConfig,
+    scope: str,
+    interleaved: bool = False,
+) -> jax.Array:
     """Causal grouped-query self-attention with RoPE; q/k/v/o are tapped as steps under ``scope``."""
     b, t, _ = x.shape
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -166,7 +177,7 @@ def attention(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.A
     v = xfdiff.tap(f"{scope}.v", dense, p["v"], x).reshape(b, t, kvh, hd)
     q, k = apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved)
     k, v = jnp.repeat(k, h // kvh, axis=2), jnp.repeat(v, h // kvh, axis=2)  # query head i reads kv head i // groups
-    scores = jnp.einsum("bthd,bshd->bhts", q, k) * hd ** -0.5
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) * hd**-0.5
     allowed = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]
     if mask is not None:
         allowed = allowed & mask.astype(bool)[:, None, None, :]
@@ -182,13 +193,33 @@ def mlp(p: dict, x: jax.Array, *, scope: str) -> jax.Array:
     return xfdiff.tap(f"{scope}.down", dense, p["down"], gate * xfdiff.tap(f"{scope}.up", dense, p["up"], x))
 
 
-def decoder_layer(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | None, *,
-                  cfg: LlamaPortConfig, scope: str, eps: dict[str, float], interleaved: bool) -> jax.Array:
+def decoder_layer(
+    p: dict,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array | None,
+    *,
+    cfg: LlamaPortConfig,
+    scope: str,
+    eps: dict[str, float],
+    interleaved: bool,
+) -> jax.Array:
     """Pre-norm residual block: attention, then MLP."""
     attn_norm, mlp_norm = f"{scope}.attn_norm", f"{scope}.mlp_norm"
     h = xfdiff.tap(attn_norm, rms_norm, p["attn_norm"], x, eps.get(attn_norm, cfg.rms_norm_eps))
-    x = x + xfdiff.tap(f"{scope}.attn", attention, p["attn"], h, cos, sin, mask, cfg=cfg, scope=f"{scope}.attn",
-                       interleaved=interleaved)
+    x = x + xfdiff.tap(
+        f"{scope}.attn",
+        attention,
+        p["attn"],
+        h,
+        cos,
+        sin,
+        mask,
+        cfg=cfg,
+        scope=f"{scope}.attn",
+        interleaved=interleaved,
+    )
     h = xfdiff.tap(mlp_norm, rms_norm, p["mlp_norm"], x, eps.get(mlp_norm, cfg.rms_norm_eps))
     return x + xfdiff.tap(f"{scope}.mlp", mlp, p["mlp"], h, scope=f"{scope}.mlp")
 
@@ -196,9 +227,15 @@ def decoder_layer(p: dict, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: j
 # --- the model -------------------------------------------------------------------------------
 
 
-def llama_forward(params: dict, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
-                  cfg: LlamaPortConfig, eps_overrides: Mapping[str, float] | None = None,
-                  interleaved_rope_layers: tuple[int, ...] = ()) -> jax.Array:
+def llama_forward(
+    params: dict,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    cfg: LlamaPortConfig,
+    eps_overrides: Mapping[str, float] | None = None,
+    interleaved_rope_layers: tuple[int, ...] = (),
+) -> jax.Array:
     """Logits ``(B, T, vocab)`` of ``LlamaForCausalLM`` for ``input_ids`` ``(B, T)``.
 
     Args:
@@ -217,7 +254,18 @@ def llama_forward(params: dict, input_ids: jax.Array, attention_mask: jax.Array 
     positions = jnp.arange(input_ids.shape[1])[None]  # (1, T): one table for the batch, as in HF
     cos, sin = xfdiff.tap("rope", rope_tables, positions, cfg.head_dim, cfg.rope_theta)
     for i, p in enumerate(params["layers"]):
-        x = xfdiff.tap(f"layers.{i}", decoder_layer, p, x, cos, sin, attention_mask, cfg=cfg, scope=f"layers.{i}",
-                       eps=eps, interleaved=i in interleaved_rope_layers)
+        x = xfdiff.tap(
+            f"layers.{i}",
+            decoder_layer,
+            p,
+            x,
+            cos,
+            sin,
+            attention_mask,
+            cfg=cfg,
+            scope=f"layers.{i}",
+            eps=eps,
+            interleaved=i in interleaved_rope_layers,
+        )
     x = xfdiff.tap("norm", rms_norm, params["norm"], x, eps.get("norm", cfg.rms_norm_eps))
     return xfdiff.tap("lm_head", dense, params["lm_head"], x)

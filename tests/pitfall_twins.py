@@ -41,8 +41,9 @@ class Twin:
         import xfdiff
 
         with self.context or contextlib.nullcontext():
-            return xfdiff.compare(self.pt, self.port, self.inputs, flax_inputs=self.flax_inputs, progress=False,
-                                  **self.kwargs, **extra)
+            return xfdiff.compare(
+                self.pt, self.port, self.inputs, flax_inputs=self.flax_inputs, progress=False, **self.kwargs, **extra
+            )
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -84,8 +85,13 @@ def rounded_dot(fmt: str):
     """A Dense ``dot_general`` that rounds both operands like a TPU (bf16) or an Ampere GPU (tf32)."""
 
     def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-        return jax.lax.dot_general(_round(lhs, fmt), _round(rhs, fmt), dimension_numbers,
-                                   precision=jax.lax.Precision.HIGHEST, preferred_element_type=preferred_element_type)
+        return jax.lax.dot_general(
+            _round(lhs, fmt),
+            _round(rhs, fmt),
+            dimension_numbers,
+            precision=jax.lax.Precision.HIGHEST,
+            preferred_element_type=preferred_element_type,
+        )
 
     dot_general.__name__ = f"{fmt}_dot_general"
     return dot_general
@@ -147,22 +153,47 @@ class FMLPNet(nn.Module):
         return FMLP(name="mlp", **dict(self.mlp_kw))(x)
 
 
-def mlp_twin(pitfall, path, broken, *, port_kw=None, hidden=64, transposed_fc2=False, dropout=False, leaky=False,
-             clean_kw=None, x_scale=2.0, dtype=torch.float32, **twin_kw) -> Twin:
+def mlp_twin(
+    pitfall,
+    path,
+    broken,
+    *,
+    port_kw=None,
+    hidden=64,
+    transposed_fc2=False,
+    dropout=False,
+    leaky=False,
+    clean_kw=None,
+    x_scale=2.0,
+    dtype=torch.float32,
+    **twin_kw,
+) -> Twin:
     torch.manual_seed(0)
     pt = TMLPNet(hidden=hidden, dropout=dropout, leaky=leaky).eval().to(dtype)
     kw = dict((port_kw or {}) if broken else (clean_kw or {}))
     kw.setdefault("hidden", hidden)
     kw.setdefault("dropout", dropout)
     m = pt.mlp
-    params = {"mlp": {"fc1": dense(m.fc1, bias=kw.get("fc1_bias", True)),
-                      "fc2": dense(m.fc2, transposed=not (broken and transposed_fc2))}}
+    params = {
+        "mlp": {
+            "fc1": dense(m.fc1, bias=kw.get("fc1_bias", True)),
+            "fc2": dense(m.fc2, transposed=not (broken and transposed_fc2)),
+        }
+    }
     x = rand((2, T, D), x_scale)
     inputs = torch.from_numpy(x).to(dtype) if dtype != torch.float32 else x
     flax_inputs = {"x": x, "rngs": {"dropout": jax.random.PRNGKey(0)}} if kw.get("dropout_active") else None
     key = f"mlp-{hidden}-{dropout}-{leaky}-{dtype}-{sorted(kw.items())}"
-    return Twin(pitfall, path, pt, (FMLPNet(mlp_kw=tuple(sorted(kw.items()))), {"params": params}),
-                (inputs,), flax_inputs, clean_key=key, **twin_kw)
+    return Twin(
+        pitfall,
+        path,
+        pt,
+        (FMLPNet(mlp_kw=tuple(sorted(kw.items()))), {"params": params}),
+        (inputs,),
+        flax_inputs,
+        clean_key=key,
+        **twin_kw,
+    )
 
 
 # --- normalisation ------------------------------------------------------------------------------
@@ -235,8 +266,14 @@ def norm_twin(pitfall, broken, *, ref, port, clean, x, norm_params=None):
     if norm_params is not None:
         p = norm_params(p)
     params = {"norm": p, "fc": dense(pt.fc)}
-    return Twin(pitfall, "norm", pt, (FNormNet(port if broken else clean), {"params": params}), (x,),
-                clean_key=f"norm-{pitfall}")
+    return Twin(
+        pitfall,
+        "norm",
+        pt,
+        (FNormNet(port if broken else clean), {"params": params}),
+        (x,),
+        clean_key=f"norm-{pitfall}",
+    )
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -266,8 +303,8 @@ class TAttn(torch.nn.Module):
         v = self.v_proj(x).view(b, t, kv, hd).transpose(1, 2)
         if self.rope:
             cos, sin = (torch.from_numpy(np.concatenate([a, a], -1)) for a in _rope_tables(t, hd))
-            q = q * cos + torch.cat([-q[..., hd // 2:], q[..., : hd // 2]], -1) * sin
-            k = k * cos + torch.cat([-k[..., hd // 2:], k[..., : hd // 2]], -1) * sin
+            q = q * cos + torch.cat([-q[..., hd // 2 :], q[..., : hd // 2]], -1) * sin
+            k = k * cos + torch.cat([-k[..., hd // 2 :], k[..., : hd // 2]], -1) * sin
         k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
         allowed = mask.bool()[:, None, None, :]
         if self.causal:
@@ -300,7 +337,7 @@ class FAttn(nn.Module):
         cos, sin = _rope_tables(t, hd)
         if self.rope == "half":
             cos, sin = np.concatenate([cos, cos], -1), np.concatenate([sin, sin], -1)
-            return x * cos + jnp.concatenate([-x[..., hd // 2:], x[..., : hd // 2]], -1) * sin
+            return x * cos + jnp.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1) * sin
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).reshape(x.shape)
 
@@ -348,8 +385,14 @@ def attn_twin(pitfall, broken, *, port_kw, heads=4, kv_heads=4, causal=True, rop
     if pad is not None:
         mask[1, pad] = False
     x = rand((2, T, D))
-    return Twin(pitfall, "attn", pt, (FAttnNet(attn_kw=tuple(sorted(kw.items()))), {"params": params}), (x, mask),
-                clean_key=f"attn-{sorted(base.items())}-{pad}")
+    return Twin(
+        pitfall,
+        "attn",
+        pt,
+        (FAttnNet(attn_kw=tuple(sorted(kw.items()))), {"params": params}),
+        (x, mask),
+        clean_key=f"attn-{sorted(base.items())}-{pad}",
+    )
 
 
 # --- convolutions -------------------------------------------------------------------------------
@@ -410,15 +453,25 @@ def conv_twin(pitfall, path, broken, *, port_kw, stride=1, kernel=None, hw=(8, 8
     w = _np(pt.conv.weight).transpose(2, 3, 1, 0)
     if broken and kernel == "swap":
         w = _np(pt.conv.weight).transpose(3, 2, 1, 0)
-    params = {"conv": {"kernel": w, "bias": _np(pt.conv.bias)},
-              "bn": {"scale": _np(pt.bn.weight), "bias": _np(pt.bn.bias)}, "head": {"fc": dense(pt.head.fc)}}
+    params = {
+        "conv": {"kernel": w, "bias": _np(pt.conv.bias)},
+        "bn": {"scale": _np(pt.bn.weight), "bias": _np(pt.bn.bias)},
+        "head": {"fc": dense(pt.head.fc)},
+    }
     stats = {"bn": {"mean": _np(pt.bn.running_mean), "var": _np(pt.bn.running_var)}}
     kw = {"stride": stride, **(port_kw if broken else {})}
     x = rand((2, 3, *hw), seed=3)
     flax_x = x.transpose(0, 2, 3, 1)
     flax_inputs = {"x": flax_x, "mutable": ["batch_stats"]} if not kw.get("bn_running", True) else (flax_x,)
-    return Twin(pitfall, path, pt, (FConvNet(**kw), {"params": params, "batch_stats": stats}), (x,), flax_inputs,
-                clean_key=f"conv-{stride}-{hw}")
+    return Twin(
+        pitfall,
+        path,
+        pt,
+        (FConvNet(**kw), {"params": params, "batch_stats": stats}),
+        (x,),
+        flax_inputs,
+        clean_key=f"conv-{stride}-{hw}",
+    )
 
 
 # --- embeddings ---------------------------------------------------------------------------------
@@ -468,12 +521,20 @@ class FEmb(nn.Module):
 def emb_twin(pitfall, path, broken, *, ref_kw, port_kw):
     torch.manual_seed(0)
     pt = TEmbNet(**ref_kw).eval()
-    params = {"emb": {"tok": {"embedding": _np(pt.emb.tok.weight)}, "pos": {"embedding": _np(pt.emb.pos.weight)}},
-              "fc": dense(pt.fc)}
+    params = {
+        "emb": {"tok": {"embedding": _np(pt.emb.tok.weight)}, "pos": {"embedding": _np(pt.emb.pos.weight)}},
+        "fc": dense(pt.fc),
+    }
     ids = np.random.default_rng(0).integers(0, 50, (2, T)).astype(np.int64)
     kw = {"offset": 2, "scale": 1.0, **ref_kw, **(port_kw if broken else {})}
-    return Twin(pitfall, path, pt, (FEmbNet(kw["offset"], kw["scale"]), {"params": params}), (ids,),
-                clean_key=f"emb-{sorted(ref_kw.items())}")
+    return Twin(
+        pitfall,
+        path,
+        pt,
+        (FEmbNet(kw["offset"], kw["scale"]), {"params": params}),
+        (ids,),
+        clean_key=f"emb-{sorted(ref_kw.items())}",
+    )
 
 
 # --- a scale moved across a module boundary --------------------------------------------------------
@@ -520,5 +581,11 @@ def boundary_twin(broken):
     torch.manual_seed(0)
     pt = TTwoBlocks().eval()
     params = {"a": {"fc": dense(pt.a.fc)}, "b": {"fc": dense(pt.b.fc)}}
-    return Twin("boundary_shift", "a", pt, (FTwoBlocks(shifted=broken), {"params": params}), (rand((2, T, D)),),
-                clean_key="boundary")
+    return Twin(
+        "boundary_shift",
+        "a",
+        pt,
+        (FTwoBlocks(shifted=broken), {"params": params}),
+        (rand((2, T, D)),),
+        clean_key="boundary",
+    )

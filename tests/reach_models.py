@@ -47,7 +47,11 @@ class TorchAttention(torch.nn.Module):
 class TorchMLP(torch.nn.Module):
     def __init__(self, approximate: str = "none"):
         super().__init__()
-        self.fc1, self.act, self.fc2 = torch.nn.Linear(D, 4 * D), torch.nn.GELU(approximate=approximate), torch.nn.Linear(4 * D, D)
+        self.fc1, self.act, self.fc2 = (
+            torch.nn.Linear(D, 4 * D),
+            torch.nn.GELU(approximate=approximate),
+            torch.nn.Linear(4 * D, D),
+        )
         self.dropout = torch.nn.Dropout(0.1)
 
     def forward(self, x):
@@ -87,7 +91,10 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.1) + (1.0 if p.ndim == 1 and p.shape[0] == D else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.1)
+                + (1.0 if p.ndim == 1 and p.shape[0] == D else 0.0)
+            )
     return model.eval()
 
 
@@ -176,8 +183,11 @@ def nnx_from_torch(pt: TorchLM, bugs: dict | None = None) -> NnxLM:
         for tn, nn_ in ((b.ln1, blk.norm1), (b.ln2, blk.norm2)):
             _set(nn_.scale, _np(tn.weight))
             _set(nn_.bias, _np(tn.bias))
-        for tp, np_ in ((b.attn.q_proj, blk.attention.query), (b.attn.k_proj, blk.attention.key),
-                        (b.attn.v_proj, blk.attention.value)):
+        for tp, np_ in (
+            (b.attn.q_proj, blk.attention.query),
+            (b.attn.k_proj, blk.attention.key),
+            (b.attn.v_proj, blk.attention.value),
+        ):
             _set(np_.kernel, _np(tp.weight).T.reshape(D, H, HD))
             _set(np_.bias, _np(tp.bias).reshape(H, HD))
         _set(blk.attention.out.kernel, _np(b.attn.o_proj.weight).T.reshape(H, HD, D))
@@ -202,8 +212,11 @@ def torch_from_nnx(m: NnxLM, bugs: dict | None = None) -> TorchLM:
             for tn, nn_ in ((b.ln1, blk.norm1), (b.ln2, blk.norm2)):
                 tn.weight.copy_(val(nn_.scale))
                 tn.bias.copy_(val(nn_.bias))
-            for tp, np_ in ((b.attn.q_proj, blk.attention.query), (b.attn.k_proj, blk.attention.key),
-                            (b.attn.v_proj, blk.attention.value)):
+            for tp, np_ in (
+                (b.attn.q_proj, blk.attention.query),
+                (b.attn.k_proj, blk.attention.key),
+                (b.attn.v_proj, blk.attention.value),
+            ):
                 tp.weight.copy_(val(np_.kernel).reshape(D, D).T)
                 tp.bias.copy_(val(np_.bias).reshape(D))
             b.attn.o_proj.weight.copy_(val(blk.attention.out.kernel).reshape(D, D).T)
@@ -233,13 +246,20 @@ def lm_params(pt: TorchLM) -> dict:
     norm = lambda m: {"scale": jnp.asarray(_np(m.weight)), "bias": jnp.asarray(_np(m.bias))}  # noqa: E731
     layers = []
     for b in pt.blocks:
-        layers.append({
-            "ln1": norm(b.ln1), "ln2": norm(b.ln2),
-            "attn": {n: lin(getattr(b.attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
-            "mlp": {"fc1": lin(b.mlp.fc1), "fc2": lin(b.mlp.fc2)},
-        })
-    return {"embed": {"embedding": jnp.asarray(_np(pt.embed.weight))}, "blocks": layers,
-            "ln_f": norm(pt.ln_f), "head": lin(pt.head)}
+        layers.append(
+            {
+                "ln1": norm(b.ln1),
+                "ln2": norm(b.ln2),
+                "attn": {n: lin(getattr(b.attn, n)) for n in ("q_proj", "k_proj", "v_proj", "o_proj")},
+                "mlp": {"fc1": lin(b.mlp.fc1), "fc2": lin(b.mlp.fc2)},
+            }
+        )
+    return {
+        "embed": {"embedding": jnp.asarray(_np(pt.embed.weight))},
+        "blocks": layers,
+        "ln_f": norm(pt.ln_f),
+        "head": lin(pt.head),
+    }
 
 
 def dense(p, x):
@@ -315,11 +335,13 @@ def cnn_variables(pt: TorchCNN, flip_conv: bool = False) -> dict:
     if flip_conv:
         k2 = k2[::-1, ::-1].copy()
     w = _np(pt.fc.weight).reshape(10, 4, 4, 4).transpose(0, 2, 3, 1).reshape(10, -1)  # (out, C,H,W) -> (out, H,W,C)
-    return {"params": {
-        "Conv_0": {"kernel": k1, "bias": _np(pt.conv1.bias)},
-        "Conv_1": {"kernel": k2, "bias": _np(pt.conv2.bias)},
-        "Dense_0": {"kernel": w.T.copy(), "bias": _np(pt.fc.bias)},
-    }}
+    return {
+        "params": {
+            "Conv_0": {"kernel": k1, "bias": _np(pt.conv1.bias)},
+            "Conv_1": {"kernel": k2, "bias": _np(pt.conv2.bias)},
+            "Dense_0": {"kernel": w.T.copy(), "bias": _np(pt.fc.bias)},
+        }
+    }
 
 
 def cnn_pair(seed: int = 0, flip_conv: bool = False):

@@ -107,13 +107,19 @@ def test_serve_prints_url_binds_localhost_and_stops_on_ctrl_c(demo_file):
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xfdiff.cli", "serve", demo_file, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xfdiff.cli", "serve", demo_file, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         page = _wait_http(f"http://127.0.0.1:{port}/", proc)
         assert "xfdiff" in page
-        listening = [c.laddr for c in psutil.Process(proc.pid).net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN]
+        listening = [
+            c.laddr for c in psutil.Process(proc.pid).net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+        ]
         assert listening and all(a.ip == "127.0.0.1" and a.port == port for a in listening)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

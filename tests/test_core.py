@@ -57,8 +57,9 @@ def test_metrics_are_zero_on_equal_inputs(a):
     assert s.tol_needed == 0
 
 
-@given(hnp.arrays(np.float64, hnp.array_shapes(max_dims=2, max_side=8), elements=st.floats(-10, 10)),
-       st.floats(1e-3, 1.0))
+@given(
+    hnp.arrays(np.float64, hnp.array_shapes(max_dims=2, max_side=8), elements=st.floats(-10, 10)), st.floats(1e-3, 1.0)
+)
 def test_tol_needed_is_the_smallest_passing_atol(a, shift):
     b = a + shift
     s = compare_arrays(a, b, 0.0, 1e-5)
@@ -101,15 +102,31 @@ def reports(draw):
     layers = []
     for i in range(draw(st.integers(0, 4))):
         lyr = LayerDiff(
-            torch_path=draw(paths), flax_path=draw(st.none() | paths), call_index=draw(st.integers(0, 3)),
-            max_abs=draw(nums), mean_abs=draw(nums), rel_l2=draw(nums), cosine=draw(nums),
-            local_max_abs=draw(st.none() | nums), status=draw(st.sampled_from(["ok", "diverged", "nonfinite"])),
-            torch_shape=tuple(draw(st.lists(st.integers(0, 9), max_size=3))), order=i, note=draw(paths),
+            torch_path=draw(paths),
+            flax_path=draw(st.none() | paths),
+            call_index=draw(st.integers(0, 3)),
+            max_abs=draw(nums),
+            mean_abs=draw(nums),
+            rel_l2=draw(nums),
+            cosine=draw(nums),
+            local_max_abs=draw(st.none() | nums),
+            status=draw(st.sampled_from(["ok", "diverged", "nonfinite"])),
+            torch_shape=tuple(draw(st.lists(st.integers(0, 9), max_size=3))),
+            order=i,
+            note=draw(paths),
         )
         lyr.detail = {"heatmap": draw(hnp.arrays(np.float32, (2, 3), elements=finite))}
         layers.append(lyr)
-    findings = [Finding(draw(st.sampled_from(["rsqrt", "gelu_approximate"])), draw(paths), None, draw(paths),
-                        {"explained": draw(st.floats(0, 1))}, draw(paths))]
+    findings = [
+        Finding(
+            draw(st.sampled_from(["rsqrt", "gelu_approximate"])),
+            draw(paths),
+            None,
+            draw(paths),
+            {"explained": draw(st.floats(0, 1))},
+            draw(paths),
+        )
+    ]
     unmatched = [Unmatched("torch", draw(paths), "GELU", "why", False)]
     return Report(layers=layers, findings=findings, unmatched=unmatched, meta={"reference": "torch", "n": 3})
 

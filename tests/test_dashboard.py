@@ -42,7 +42,9 @@ def test_depth_figure_is_log_scale_with_tolerance_and_first_divergence(demo_repo
 
 def test_depth_figure_puts_exact_zeros_on_a_floor_below_every_error(demo_report):
     fig = F.depth_figure(demo_report)
-    own = {o: y for t in fig["data"] if t["name"].startswith("own") for o, y in zip(t["customdata"], t["y"], strict=True)}
+    own = {
+        o: y for t in fig["data"] if t["name"].startswith("own") for o, y in zip(t["customdata"], t["y"], strict=True)
+    }
     assert set(own) == {lyr.order for lyr in demo_report.layers if lyr.local_max_abs is not None}
     positive = [lyr.local_max_abs for lyr in demo_report.layers if lyr.local_max_abs]
     floor = min(own.values())
@@ -217,8 +219,20 @@ def test_page_loads_the_partial_plotly_bundle_it_needs_and_no_grid_library(demo_
     assert "plotly.js (cartesian - minified) v" in head and "MIT license" in head
     assert client.get("/assets/module_table.js").status_code == 200
     # Every trace type the views draw is in the partial bundle.
-    cartesian = {"bar", "box", "contour", "heatmap", "histogram", "histogram2d", "histogram2dcontour", "image",
-                 "pie", "scatter", "scatterternary", "violin"}
+    cartesian = {
+        "bar",
+        "box",
+        "contour",
+        "heatmap",
+        "histogram",
+        "histogram2d",
+        "histogram2dcontour",
+        "image",
+        "pie",
+        "scatter",
+        "scatterternary",
+        "violin",
+    }
     figs = [F.depth_figure(demo_report)] + [f for lyr in demo_report.layers for f in F.detail_figures(lyr).values()]
     used = {t.get("type", "scatter") for f in figs for t in f["data"]}
     assert used and used <= cartesian
@@ -298,10 +312,20 @@ def test_views_handle_empty_nonfinite_and_mismatched_rows(tmp_path):
     ref = np.linspace(-2, 2, 64, dtype=np.float32).reshape(4, 16)
     port = ref.copy()
     port[1, 3] = np.inf
-    bad = LayerDiff(torch_path="a", flax_path="a", order=0, max_abs=float("inf"), status="nonfinite",
-                    local_max_abs=float("nan"), atol=1e-5, rtol=1e-5, detail=error_detail(ref, port))
-    mismatch = LayerDiff(torch_path="b", flax_path="b", order=1, status="shape_mismatch",
-                         torch_shape=(2, 3), flax_shape=(3, 2))
+    bad = LayerDiff(
+        torch_path="a",
+        flax_path="a",
+        order=0,
+        max_abs=float("inf"),
+        status="nonfinite",
+        local_max_abs=float("nan"),
+        atol=1e-5,
+        rtol=1e-5,
+        detail=error_detail(ref, port),
+    )
+    mismatch = LayerDiff(
+        torch_path="b", flax_path="b", order=1, status="shape_mismatch", torch_shape=(2, 3), flax_shape=(3, 2)
+    )
     report = Report(layers=[bad, mismatch], meta={"tolerance": {"atol": None, "rtol": None}})
     for lyr in report.layers:
         for fig in F.detail_figures(lyr, "propagated").values():

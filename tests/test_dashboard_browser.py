@@ -29,7 +29,9 @@ def test_page_shows_first_divergence_and_its_detail(dash_duo, demo_report):
     assert "first divergence" in dash_duo.find_element(f"#{ids.DETAIL_TITLE}").text
     # The page puts the browser's own String.prototype.trim back over the polyfill's.
     assert dash_duo.driver.execute_script("return String.prototype.trim.toString()").endswith("{ [native code] }")
-    assert dash_duo.driver.execute_script("return !!window.Plotly && !document.querySelector('script[src*=\"plotly.min.js\"]')")
+    assert dash_duo.driver.execute_script(
+        "return !!window.Plotly && !document.querySelector('script[src*=\"plotly.min.js\"]')"
+    )
     assert dash_duo.get_logs() == []
 
 

@@ -94,8 +94,9 @@ def test_unknown_reference_side_is_a_config_error():
     raises(ConfigError, pt, port, x, match="reference", reference="jax")
 
 
-@pytest.mark.parametrize("tol", [-1e-3, float("nan"), {"atol": 1e-3, "rtl": 1e-3}, "loose"],
-                         ids=["negative", "nan", "unknown-key", "str"])
+@pytest.mark.parametrize(
+    "tol", [-1e-3, float("nan"), {"atol": 1e-3, "rtl": 1e-3}, "loose"], ids=["negative", "nan", "unknown-key", "str"]
+)
 def test_bad_tolerance_is_a_config_error(tol):
     pt, port, x = pair()
     raises(ConfigError, pt, port, x, tolerance=tol)
@@ -197,8 +198,9 @@ class FIntHead(nn.Module):
 def test_integer_outputs_are_skipped_and_float_outputs_compared():
     torch.manual_seed(0)
     pt = IntHead().eval()
-    variables = {"params": {"fc": {"kernel": pt.fc.weight.detach().numpy().T.copy(),
-                                   "bias": pt.fc.bias.detach().numpy().copy()}}}
+    variables = {
+        "params": {"fc": {"kernel": pt.fc.weight.detach().numpy().T.copy(), "bias": pt.fc.bias.detach().numpy().copy()}}
+    }
     x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
     report = run(pt, (FIntHead(), variables), x)
     assert report.final.status == "ok" and report.final.output_key == "out.0"
@@ -385,8 +387,13 @@ def test_future_version_report_says_upgrade(saved, tmp_path):
 def test_report_json_with_wrong_types(saved, tmp_path):
     with zipfile.ZipFile(saved) as z:
         doc = json.loads(z.read("report.json"))
-    for bad in ({"layers": "x"}, {"layers": [1, 2]}, {"findings": [{"pitfall": 3}]}, {"meta": []},
-                {"layers": [{"torch_path": "a", "flax_path": "b", "status": "exploded"}]}):
+    for bad in (
+        {"layers": "x"},
+        {"layers": [1, 2]},
+        {"findings": [{"pitfall": 3}]},
+        {"meta": []},
+        {"layers": [{"torch_path": "a", "flax_path": "b", "status": "exploded"}]},
+    ):
         p = rewrite_member(saved, tmp_path / "bad.xfd", "report.json", json.dumps({**doc, **bad}).encode())
         load_error(p)
 

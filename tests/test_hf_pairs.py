@@ -70,8 +70,14 @@ def test_injected_bug_is_first_divergence_and_later_layers_only_inherit(torch_pa
     fd = report.first_divergence
     assert fd is not None and fd.torch_path == torch_path, report.summary()
     assert fd.local_max_abs > 1e-3
-    after = [lyr for lyr in report.layers if lyr.order > fd.order and lyr.torch_path.startswith("encoder.layer.1.")
-             and lyr.torch_path != torch_path and lyr.torch_type in ("Linear", "LayerNorm")]
+    after = [
+        lyr
+        for lyr in report.layers
+        if lyr.order > fd.order
+        and lyr.torch_path.startswith("encoder.layer.1.")
+        and lyr.torch_path != torch_path
+        and lyr.torch_type in ("Linear", "LayerNorm")
+    ]
     assert after, "the bug should propagate into layer 1"
     inherited = [lyr for lyr in after if lyr.status == "diverged"]
     assert inherited, "later layers should carry propagated error"

@@ -11,8 +11,17 @@ pytest.importorskip("jax")
 from xfdiff import fastmetrics, hostmetrics  # noqa: E402
 from xfdiff.metrics import compare_arrays, error_detail  # noqa: E402
 
-STAT_FIELDS = ("max_abs", "mean_abs", "rel_l2", "cosine", "frac_outside", "tol_needed", "n_nonfinite",
-               "nonfinite_mismatch", "size")
+STAT_FIELDS = (
+    "max_abs",
+    "mean_abs",
+    "rel_l2",
+    "cosine",
+    "frac_outside",
+    "tol_needed",
+    "n_nonfinite",
+    "nonfinite_mismatch",
+    "size",
+)
 
 
 def _pair(shape, seed=3, lo=-8, hi=-2):
@@ -79,8 +88,17 @@ def test_bucket_tables_bin_every_float32_like_float64_log10():
 def test_non_finite_values_leave_the_host_pass_to_the_kernel():
     r, p = _pair((20, 30))
     p.flat[7], r.flat[9], p.flat[9] = np.nan, np.inf, np.inf
-    assert hostmetrics.measure(r.reshape(20, 30), p.reshape(20, 30), 1e-5, 1e-5, True,
-                               (fastmetrics.LOG_LO, fastmetrics.FINE, fastmetrics._N_FINE)) is None
+    assert (
+        hostmetrics.measure(
+            r.reshape(20, 30),
+            p.reshape(20, 30),
+            1e-5,
+            1e-5,
+            True,
+            (fastmetrics.LOG_LO, fastmetrics.FINE, fastmetrics._N_FINE),
+        )
+        is None
+    )
     stats, det = fastmetrics.compare_fast(r, p, 1e-5, 1e-5)
     assert stats.n_nonfinite == 2 and stats.nonfinite_mismatch == 1
     _assert_same(stats, det, r, p)
@@ -94,8 +112,9 @@ def test_host_pass_and_fused_kernel_agree(monkeypatch):
     for k in STAT_FIELDS:
         assert getattr(host[0], k) == pytest.approx(getattr(fused[0], k), rel=1e-5), k
     for k in ("hist_counts", "hist_edges", "heatmap", "profile", "scatter_ref", "worst_index"):
-        np.testing.assert_allclose(np.sort(host[1][k], axis=None), np.sort(fused[1][k], axis=None), rtol=1e-6,
-                                   err_msg=k)
+        np.testing.assert_allclose(
+            np.sort(host[1][k], axis=None), np.sort(fused[1][k], axis=None), rtol=1e-6, err_msg=k
+        )
 
 
 def test_parallel_map_keeps_order_and_raises_what_fn_raises():

@@ -32,8 +32,13 @@ def demo_page(demo_report, tmp_path_factory):
 
 
 def test_report_file_references_nothing_remote(demo_page):
-    for pattern in (r"<script[^>]+\bsrc=", r"<link\b", r"@import", r"url\(\s*['\"]?(https?:)?//",
-                    r"\b(src|href)=['\"]?(https?:)?//"):
+    for pattern in (
+        r"<script[^>]+\bsrc=",
+        r"<link\b",
+        r"@import",
+        r"url\(\s*['\"]?(https?:)?//",
+        r"\b(src|href)=['\"]?(https?:)?//",
+    ):
         assert not re.search(pattern, demo_page, re.I), pattern
 
 

@@ -39,8 +39,7 @@ def test_clicking_a_row_in_the_report_shows_that_layer(browser, demo_report, tmp
     row = browser.find_element(By.CSS_SELECTOR, '#xf-tbody tr[data-order="5"]')
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)  # clear of the sticky header
     row.click()
-    WebDriverWait(browser, 5).until(
-        lambda d: target.label in d.find_element(By.ID, "xf-detail-title").text)
+    WebDriverWait(browser, 5).until(lambda d: target.label in d.find_element(By.ID, "xf-detail-title").text)
     assert f"{target.torch_type} / {target.flax_type}" in browser.find_element(By.ID, "xf-facts").text
     # Sorting by own error puts the culprit first.
     header = browser.find_elements(By.CSS_SELECTOR, "#xf-thead th")[6]

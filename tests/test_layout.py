@@ -16,21 +16,24 @@ def _rand(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("ref_shape, port_of, name", [
-    ((2, 8, 5, 6), lambda a: np.moveaxis(a, 1, -1), "NCHW->NHWC"),
-    ((2, 5, 6, 8), lambda a: np.moveaxis(a, -1, 1), "NHWC->NCHW"),
-    ((2, 3, 4, 5, 6), lambda a: np.moveaxis(a, 1, -1), "NCDHW->NDHWC"),
-    ((2, 7, 12), lambda a: a.reshape(2, 7, 3, 4), "split_heads"),
-    ((2, 7, 3, 4), lambda a: a.reshape(2, 7, 12), "merge_heads"),
-    ((2, 3, 7, 4), lambda a: np.swapaxes(a, 1, 2).reshape(2, 7, 12), "BHTD->BT(HD)"),
-    ((2, 7, 12), lambda a: np.swapaxes(a.reshape(2, 7, 3, 4), 1, 2), "BT(HD)->BHTD"),
-    ((2, 3, 7, 4), lambda a: np.swapaxes(a, 1, 2), "BHTD<->BTHD"),
-    ((2, 5, 9), lambda a: np.swapaxes(a, -1, -2), "transpose_last2"),
-    ((2, 5, 9), lambda a: a.reshape(10, 9), "merge_leading"),
-    ((10, 9), lambda a: a.reshape(2, 5, 9), "split_leading"),
-    ((1, 5, 9), lambda a: np.broadcast_to(a, (3, 5, 9)), "broadcast"),
-    ((5, 1, 9), lambda a: a.reshape(5, 9), "squeeze"),
-])
+@pytest.mark.parametrize(
+    "ref_shape, port_of, name",
+    [
+        ((2, 8, 5, 6), lambda a: np.moveaxis(a, 1, -1), "NCHW->NHWC"),
+        ((2, 5, 6, 8), lambda a: np.moveaxis(a, -1, 1), "NHWC->NCHW"),
+        ((2, 3, 4, 5, 6), lambda a: np.moveaxis(a, 1, -1), "NCDHW->NDHWC"),
+        ((2, 7, 12), lambda a: a.reshape(2, 7, 3, 4), "split_heads"),
+        ((2, 7, 3, 4), lambda a: a.reshape(2, 7, 12), "merge_heads"),
+        ((2, 3, 7, 4), lambda a: np.swapaxes(a, 1, 2).reshape(2, 7, 12), "BHTD->BT(HD)"),
+        ((2, 7, 12), lambda a: np.swapaxes(a.reshape(2, 7, 3, 4), 1, 2), "BT(HD)->BHTD"),
+        ((2, 3, 7, 4), lambda a: np.swapaxes(a, 1, 2), "BHTD<->BTHD"),
+        ((2, 5, 9), lambda a: np.swapaxes(a, -1, -2), "transpose_last2"),
+        ((2, 5, 9), lambda a: a.reshape(10, 9), "merge_leading"),
+        ((10, 9), lambda a: a.reshape(2, 5, 9), "split_leading"),
+        ((1, 5, 9), lambda a: np.broadcast_to(a, (3, 5, 9)), "broadcast"),
+        ((5, 1, 9), lambda a: a.reshape(5, 9), "squeeze"),
+    ],
+)
 def test_each_legal_transform_is_recognised_and_inverts(ref_shape, port_of, name):
     ref = _rand(*ref_shape)
     port = port_of(ref)
@@ -94,13 +97,16 @@ def test_every_candidate_maps_the_shape_and_inverts(shape):
             np.testing.assert_array_equal(t.inverse(out), ref)
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda w: w.copy(), "identity"),
-    (lambda w: w.T.copy(), "transpose"),
-    (lambda w: w.T.reshape(6, 2, 2), "transpose+reshape"),
-    (lambda w: w.reshape(2, 2, 6), "reshape"),
-    (lambda w: RNG.permutation(w.ravel()).reshape(6, 4), "permuted"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda w: w.copy(), "identity"),
+        (lambda w: w.T.copy(), "transpose"),
+        (lambda w: w.T.reshape(6, 2, 2), "transpose+reshape"),
+        (lambda w: w.reshape(2, 2, 6), "reshape"),
+        (lambda w: RNG.permutation(w.ravel()).reshape(6, 4), "permuted"),
+    ],
+)
 def test_param_transform_names_the_change(make, name):
     w = _rand(4, 6)
     assert param_transform(w, make(w)) == name

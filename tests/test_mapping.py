@@ -30,15 +30,20 @@ def test_dict_and_regex_rules_pin_pairs(lm):
     rules = {r"re:blocks\.(\d+)\.mlp\.fc1": r"layers.\1.ffn.up", "ln_f": "final_norm"}
     r = xfdiff.compare(pt, port, ids, mapping=rules, **FAST)
     pinned = {(lyr.torch_path, lyr.flax_path) for lyr in r.layers if lyr.match == "mapping"}
-    assert pinned == {("blocks.0.mlp.fc1", "layers.0.ffn.up"), ("blocks.1.mlp.fc1", "layers.1.ffn.up"),
-                      ("ln_f", "final_norm")}
+    assert pinned == {
+        ("blocks.0.mlp.fc1", "layers.0.ffn.up"),
+        ("blocks.1.mlp.fc1", "layers.1.ffn.up"),
+        ("ln_f", "final_norm"),
+    }
     assert all(lyr.confidence == 1.0 for lyr in r.layers if lyr.match == "mapping")
     assert r.layer("blocks.0.mlp.fc2").flax_path == "layers.0.ffn.down"  # the rest is still found
 
 
 def test_mapping_overrides_what_fingerprints_would_pair(lm):
     pt, port, ids = lm
-    r = xfdiff.compare(pt, port, ids, mapping={"blocks.0.ln1": "layers.0.norm2", "blocks.0.ln2": "layers.0.norm1"}, **FAST)
+    r = xfdiff.compare(
+        pt, port, ids, mapping={"blocks.0.ln1": "layers.0.norm2", "blocks.0.ln2": "layers.0.norm1"}, **FAST
+    )
     assert r.layer("blocks.0.ln1").flax_path == "layers.0.norm2"
     assert r.layer("blocks.0.ln1").status == "diverged"  # the user's (wrong) pairing is measured as given
 
@@ -60,13 +65,16 @@ def test_save_mapping_accepts_a_plain_dict(tmp_path):
     assert load_mapping(tmp_path / "m.json") == {"fc1": "up"}
 
 
-@pytest.mark.parametrize("mapping, message", [
-    ({"ln_f": "final_nrom"}, "Did you mean 'final_norm'"),
-    ({"ln_g": "final_norm"}, "Did you mean 'ln_f'"),
-    ({"re:blocks\\.(\\d+": "x"}, "not a valid regular expression"),
-    ({r"re:blocks\.(\d+)\.mlp\.fc1": r"layers.\1.mlp.fc1"}, "matched no pair"),
-    (["ln_f"], "must be a dict"),
-])
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        ({"ln_f": "final_nrom"}, "Did you mean 'final_norm'"),
+        ({"ln_g": "final_norm"}, "Did you mean 'ln_f'"),
+        ({"re:blocks\\.(\\d+": "x"}, "not a valid regular expression"),
+        ({r"re:blocks\.(\d+)\.mlp\.fc1": r"layers.\1.mlp.fc1"}, "matched no pair"),
+        (["ln_f"], "must be a dict"),
+    ],
+)
 def test_bad_mappings_name_the_problem(lm, mapping, message):
     pt, port, ids = lm
     with pytest.raises(MappingError, match=message):

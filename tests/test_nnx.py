@@ -63,8 +63,14 @@ def test_every_module_call_is_recorded_with_graph_paths_including_inherited_call
     m = Stack([Block, InheritedBlock], nnx.Rngs(0))
     trace = NnxSide(m, X, jit=jit).capture()
     assert _calls(trace) == [
-        ("layers.0.up", 0), ("layers.0.down", 0), ("layers.0", 0),
-        ("layers.1.up", 0), ("layers.1.down", 0), ("layers.1", 0), ("norm", 0), ("", 0),
+        ("layers.0.up", 0),
+        ("layers.0.down", 0),
+        ("layers.0", 0),
+        ("layers.1.up", 0),
+        ("layers.1.down", 0),
+        ("layers.1", 0),
+        ("norm", 0),
+        ("", 0),
     ]
     assert trace.module_types["layers.1"] == "InheritedBlock"
     np.testing.assert_allclose(trace.root().outputs["out"], np.asarray(m(X)), rtol=1e-6, atol=1e-6)
@@ -95,7 +101,9 @@ def test_models_using_nnx_jit_and_remat_inside_are_captured():
         assert p in paths
     forced = side.capture(substitute={("inner.layers.1.up", 0): {"args.0": np.zeros_like(X)}})
     up = forced.by_key()["inner.layers.1.up"]
-    np.testing.assert_allclose(up.outputs["out"], np.broadcast_to(np.asarray(m.inner.layers[1].up.bias.get_value()), (2, 8)))
+    np.testing.assert_allclose(
+        up.outputs["out"], np.broadcast_to(np.asarray(m.inner.layers[1].up.bias.get_value()), (2, 8))
+    )
     assert up.raw_inputs["args.0"].shape == X.shape and np.abs(up.raw_inputs["args.0"]).max() > 0
 
 
@@ -154,8 +162,10 @@ def test_capture_runs_on_a_copy_and_leaves_state_alone():
 
     def snapshot(model):
         leaves = jax.tree_util.tree_leaves(nnx.state(model))
-        return [np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
-                for v in leaves]
+        return [
+            np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
+            for v in leaves
+        ]
 
     m = Stats(nnx.Rngs(0))
     before = snapshot(m)
@@ -192,10 +202,13 @@ def test_port_with_other_names_is_aligned_and_clean(clean_report):
     assert all(lyr.match and 0 < lyr.confidence <= 1 for lyr in r.layers)
 
 
-@pytest.mark.parametrize("bugs, culprit", [
-    ({1: {"eps": 1e-2}}, ("blocks.1.ln1", "layers.1.norm1")),
-    ({0: {"approximate": True}}, ("blocks.0.mlp.act", "layers.0.ffn.activation")),
-])
+@pytest.mark.parametrize(
+    "bugs, culprit",
+    [
+        ({1: {"eps": 1e-2}}, ("blocks.1.ln1", "layers.1.norm1")),
+        ({0: {"approximate": True}}, ("blocks.0.mlp.act", "layers.0.ffn.activation")),
+    ],
+)
 def test_teacher_forcing_names_the_buggy_nnx_layer_by_its_torch_path(bugs, culprit):
     pt, port, ids = lm_pair(bugs=bugs)
     r = xfdiff.compare(pt, port, ids, diagnose=False)

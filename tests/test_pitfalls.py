@@ -49,25 +49,45 @@ def _ln():
 # pitfall id -> builder(broken) of its twin; the port is broken at Twin.torch_path.
 TWINS = {
     "gelu_approximate": lambda b: mlp_twin("gelu_approximate", "mlp", b, port_kw={"act": "tanh"}),
-    "activation_constant": lambda b: mlp_twin("activation_constant", "mlp", b, leaky=True,
-                                              port_kw={"act": "leaky0.2"}, clean_kw={"act": "leaky0.01"}),
+    "activation_constant": lambda b: mlp_twin(
+        "activation_constant", "mlp", b, leaky=True, port_kw={"act": "leaky0.2"}, clean_kw={"act": "leaky0.01"}
+    ),
     "bf16_matmul": lambda b: mlp_twin("bf16_matmul", "mlp.fc1", b, port_kw={"fc1_fmt": "bf16"}),
     "tf32_matmul": lambda b: mlp_twin("tf32_matmul", "mlp.fc1", b, port_kw={"fc1_fmt": "tf32"}),
     "transposed_weight": lambda b: mlp_twin("transposed_weight", "mlp.fc2", b, hidden=32, transposed_fc2=True),
     "missing_bias": lambda b: mlp_twin("missing_bias", "mlp.fc1", b, port_kw={"fc1_bias": False}),
-    "dropout_active": lambda b: mlp_twin("dropout_active", "mlp.drop", b, dropout=True,
-                                         port_kw={"dropout_active": True}),
+    "dropout_active": lambda b: mlp_twin(
+        "dropout_active", "mlp.drop", b, dropout=True, port_kw={"dropout_active": True}
+    ),
     "x64_disabled": x64_twin,
-    "norm_epsilon": lambda b: norm_twin("norm_epsilon", b, ref=_ln(), port=nn.LayerNorm(),
-                                        clean=nn.LayerNorm(epsilon=1e-5), x=_x(0.05, 0.02)),
+    "norm_epsilon": lambda b: norm_twin(
+        "norm_epsilon", b, ref=_ln(), port=nn.LayerNorm(), clean=nn.LayerNorm(epsilon=1e-5), x=_x(0.05, 0.02)
+    ),
     "std_ddof": lambda b: norm_twin("std_ddof", b, ref=_ln(), port=FHandNorm(ddof=1), clean=FHandNorm(), x=_x()),
-    "fast_variance": lambda b: norm_twin("fast_variance", b, ref=_ln(), port=nn.LayerNorm(epsilon=1e-5),
-                                         clean=nn.LayerNorm(epsilon=1e-5, use_fast_variance=False), x=_x(1.0, 30.0)),
-    "rsqrt": lambda b: norm_twin("rsqrt", b, ref=TRMSNorm(1e-6), port=FHandNorm(kind="rms", eps=1e-6, rsqrt_bf16=True),
-                                 clean=FHandNorm(kind="rms", eps=1e-6), x=_x()),
-    "rmsnorm_one_plus": lambda b: norm_twin("rmsnorm_one_plus", b, ref=TRMSNorm(1e-6, plus_one=True),
-                                            port=nn.RMSNorm(epsilon=1e-6),
-                                            clean=FHandNorm(kind="rms", eps=1e-6, plus_one=True), x=_x()),
+    "fast_variance": lambda b: norm_twin(
+        "fast_variance",
+        b,
+        ref=_ln(),
+        port=nn.LayerNorm(epsilon=1e-5),
+        clean=nn.LayerNorm(epsilon=1e-5, use_fast_variance=False),
+        x=_x(1.0, 30.0),
+    ),
+    "rsqrt": lambda b: norm_twin(
+        "rsqrt",
+        b,
+        ref=TRMSNorm(1e-6),
+        port=FHandNorm(kind="rms", eps=1e-6, rsqrt_bf16=True),
+        clean=FHandNorm(kind="rms", eps=1e-6),
+        x=_x(),
+    ),
+    "rmsnorm_one_plus": lambda b: norm_twin(
+        "rmsnorm_one_plus",
+        b,
+        ref=TRMSNorm(1e-6, plus_one=True),
+        port=nn.RMSNorm(epsilon=1e-6),
+        clean=FHandNorm(kind="rms", eps=1e-6, plus_one=True),
+        x=_x(),
+    ),
     "batchnorm_stats": lambda b: conv_twin("batchnorm_stats", "bn", b, port_kw={"bn_running": False}),
     "same_padding": lambda b: conv_twin("same_padding", "conv", b, stride=2, port_kw={"padding": "SAME"}),
     "conv_kernel_layout": lambda b: conv_twin("conv_kernel_layout", "conv", b, kernel="swap", port_kw={}),
@@ -75,19 +95,37 @@ TWINS = {
     "rope_layout": lambda b: attn_twin("rope_layout", b, port_kw={"rope": "interleaved"}),
     "gqa_mapping": lambda b: attn_twin("gqa_mapping", b, kv_heads=2, port_kw={"kv_map": "tile"}),
     "mask_fill": lambda b: attn_twin("mask_fill", b, pad=slice(0, 3), port_kw={"zero_empty_rows": False}),
-    "inverted_mask": lambda b: attn_twin("inverted_mask", b, causal=False, pad=slice(5, None),
-                                         port_kw={"invert_mask": True}),
+    "inverted_mask": lambda b: attn_twin(
+        "inverted_mask", b, causal=False, pad=slice(5, None), port_kw={"invert_mask": True}
+    ),
     "attention_scale": lambda b: attn_twin("attention_scale", b, port_kw={"scale": 1.0}),
-    "position_offset": lambda b: emb_twin("position_offset", "emb.pos", b, ref_kw={"offset": 2},
-                                          port_kw={"offset": 0}),
-    "embedding_scale": lambda b: emb_twin("embedding_scale", "emb", b, ref_kw={"offset": 0, "scale": math.sqrt(D)},
-                                          port_kw={"scale": 1.0}),
+    "position_offset": lambda b: emb_twin("position_offset", "emb.pos", b, ref_kw={"offset": 2}, port_kw={"offset": 0}),
+    "embedding_scale": lambda b: emb_twin(
+        "embedding_scale", "emb", b, ref_kw={"offset": 0, "scale": math.sqrt(D)}, port_kw={"scale": 1.0}
+    ),
     "boundary_shift": boundary_twin,
 }
-REQUIRED = ("rsqrt", "std_ddof", "bf16_matmul", "gelu_approximate", "norm_epsilon", "tf32_matmul",
-            "transposed_weight", "missing_bias", "rope_layout", "mask_fill", "dropout_active", "same_padding",
-            "channel_layout", "rmsnorm_one_plus", "position_offset", "embedding_scale", "gqa_mapping",
-            "x64_disabled", "batchnorm_stats")
+REQUIRED = (
+    "rsqrt",
+    "std_ddof",
+    "bf16_matmul",
+    "gelu_approximate",
+    "norm_epsilon",
+    "tf32_matmul",
+    "transposed_weight",
+    "missing_bias",
+    "rope_layout",
+    "mask_fill",
+    "dropout_active",
+    "same_padding",
+    "channel_layout",
+    "rmsnorm_one_plus",
+    "position_offset",
+    "embedding_scale",
+    "gqa_mapping",
+    "x64_disabled",
+    "batchnorm_stats",
+)
 
 _BROKEN: dict[str, object] = {}
 _CLEAN: dict[str, object] = {}
@@ -203,8 +241,7 @@ def test_a_failing_detector_does_not_stop_the_others(monkeypatch):
     def boom(site):
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr("xfdiff.pitfalls.REGISTRY", [Detector("boom", ("x",), ("call", "segment"), 0, boom),
-                                                      *REGISTRY])
+    monkeypatch.setattr("xfdiff.pitfalls.REGISTRY", [Detector("boom", ("x",), ("call", "segment"), 0, boom), *REGISTRY])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = TWINS["missing_bias"](True).compare()
@@ -254,7 +291,7 @@ def test_numerics_emulate_tf32_and_bf16_rounding():
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
     trunc = round_to(x, "tf32_trunc").astype(np.float32)
     assert np.all(trunc.view(np.uint32) & 0x1FFF == 0)
-    assert np.all(np.abs(round_to(x, "tf32") - x) <= np.abs(x) * 2.0 ** -11)
+    assert np.all(np.abs(round_to(x, "tf32") - x) <= np.abs(x) * 2.0**-11)
     import ml_dtypes
 
     assert np.array_equal(round_to(x, "bf16"), x.astype(ml_dtypes.bfloat16).astype(np.float64))

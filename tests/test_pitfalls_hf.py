@@ -20,8 +20,14 @@ jax = pytest.importorskip("jax")
 
 import xfdiff  # noqa: E402
 
-BASE = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64)
+BASE = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 IDS = np.random.default_rng(0).integers(3, 100, (2, 8))
 INPUTS = {"input_ids": IDS, "attention_mask": np.ones_like(IDS)}
 

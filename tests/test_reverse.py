@@ -28,10 +28,13 @@ def test_clean_torch_port_of_an_nnx_model_has_no_divergence(nnx_reference):
     assert all(lyr.local_max_abs is not None for lyr in r.layers)
 
 
-@pytest.mark.parametrize("bugs, culprit", [
-    ({1: {"eps": 1e-2}}, ("blocks.1.ln1", "layers.1.norm1")),
-    ({0: {"approximate": "tanh"}}, ("blocks.0.mlp.act", "layers.0.ffn.activation")),
-])
+@pytest.mark.parametrize(
+    "bugs, culprit",
+    [
+        ({1: {"eps": 1e-2}}, ("blocks.1.ln1", "layers.1.norm1")),
+        ({0: {"approximate": "tanh"}}, ("blocks.0.mlp.act", "layers.0.ffn.activation")),
+    ],
+)
 def test_bug_in_the_torch_port_is_named_by_its_flax_path(nnx_reference, bugs, culprit):
     ref, ids = nnx_reference
     port = torch_from_nnx(ref, bugs)

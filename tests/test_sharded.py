@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("flax")
 
 SCRIPT = textwrap.dedent(
-    r'''
+    r"""
     import json, sys, warnings
     warnings.filterwarnings("ignore")
     import jax, numpy as np, torch
@@ -114,7 +114,7 @@ SCRIPT = textwrap.dedent(
     out["broken_first"] = report.first_divergence and report.first_divergence.label
     out["broken_gathered"] = len(gathered)  # flagged rows are kept for the detectors: the spy sees them
     print("RESULT" + json.dumps(out))
-    '''
+    """
 )
 
 
@@ -123,11 +123,12 @@ def result(tmp_path_factory):
     script = Path(tmp_path_factory.mktemp("sharded")) / "sharded.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parent
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line is not None, proc.stderr[-4000:]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_the_subprocess_sees_eight_devices(result):
@@ -176,8 +177,17 @@ def test_fused_statistics_in_row_blocks_equal_the_numpy_reference(shape, monkeyp
     p.flat[11], p.flat[20], r.flat[30], p.flat[30] = r.flat[11], np.nan, np.inf, np.inf
     ours, det = fastmetrics.compare_fast(r, p, 1e-5, 1e-5)
     ref, ref_det = compare_arrays(r, p, 1e-5, 1e-5), error_detail(r, p)
-    for k in ("max_abs", "mean_abs", "rel_l2", "cosine", "frac_outside", "tol_needed", "n_nonfinite",
-              "nonfinite_mismatch", "size"):
+    for k in (
+        "max_abs",
+        "mean_abs",
+        "rel_l2",
+        "cosine",
+        "frac_outside",
+        "tol_needed",
+        "n_nonfinite",
+        "nonfinite_mismatch",
+        "size",
+    ):
         assert getattr(ours, k) == pytest.approx(getattr(ref, k), rel=1e-5), k
     assert set(det) == set(ref_det)
     for k, want in ref_det.items():

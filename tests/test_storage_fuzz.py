@@ -26,8 +26,12 @@ from xfdiff.errors import ReportFileError
 from xfdiff.metrics import error_detail
 from xfdiff.report import Finding, LayerDiff, Report, Unmatched
 
-FUZZ = settings(max_examples=200, deadline=2000, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=200,
+    deadline=2000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def _valid_report() -> Report:
@@ -35,16 +39,30 @@ def _valid_report() -> Report:
     r = rng.standard_normal((4, 6)).astype(np.float32)
     layers = []
     for i, (path, status) in enumerate([("embed", "ok"), ("layers.0.fc", "diverged"), ("layers.0", "nonfinite")]):
-        lyr = LayerDiff(torch_path=path, flax_path=path, max_abs=1e-3 * i, mean_abs=1e-4, rel_l2=1e-3,
-                        cosine=0.99, local_max_abs=1e-4 * i, status=status, blame_order=float(i) if i else None,
-                        order=i, torch_shape=(4, 6), flax_shape=(4, 6))
+        lyr = LayerDiff(
+            torch_path=path,
+            flax_path=path,
+            max_abs=1e-3 * i,
+            mean_abs=1e-4,
+            rel_l2=1e-3,
+            cosine=0.99,
+            local_max_abs=1e-4 * i,
+            status=status,
+            blame_order=float(i) if i else None,
+            order=i,
+            torch_shape=(4, 6),
+            flax_shape=(4, 6),
+        )
         lyr.detail = error_detail(r, r + 1e-3 * i)
         layers.append(lyr)
     final = LayerDiff(torch_path="", flax_path="", max_abs=1e-3)
-    return Report(layers=layers, final=final,
-                  findings=[Finding("gelu_approximate", "layers.0", "layers.0", "tanh GELU", {"max_abs": 1e-3}, "fix")],
-                  unmatched=[Unmatched("torch", "drop", "Dropout", "parameter-free")],
-                  meta={"reference": "torch", "tolerance": {"atol": 1e-5, "rtol": 1e-5}})
+    return Report(
+        layers=layers,
+        final=final,
+        findings=[Finding("gelu_approximate", "layers.0", "layers.0", "tanh GELU", {"max_abs": 1e-3}, "fix")],
+        unmatched=[Unmatched("torch", "drop", "Dropout", "parameter-free")],
+        meta={"reference": "torch", "tolerance": {"atol": 1e-5, "rtol": 1e-5}},
+    )
 
 
 VALID = Path(tempfile.mkdtemp(prefix="xfdiff-fuzz-")) / "valid.xfd"
@@ -62,8 +80,15 @@ def _forbidden(*a, **k):
 @contextlib.contextmanager
 def nothing_executes():
     """Fail if loading reaches any way of turning bytes into running code."""
-    targets = ((pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (marshal, "loads"),
-               (builtins, "eval"), (builtins, "exec"), (builtins, "compile"))
+    targets = (
+        (pickle, "loads"),
+        (pickle, "load"),
+        (pickle, "Unpickler"),
+        (marshal, "loads"),
+        (builtins, "eval"),
+        (builtins, "exec"),
+        (builtins, "compile"),
+    )
     saved = [(mod, name, getattr(mod, name)) for mod, name in targets]
     for mod, name, _ in saved:
         setattr(mod, name, _forbidden)
@@ -100,7 +125,7 @@ def zipped(members: dict[str, bytes]) -> bytes:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
@@ -141,8 +166,10 @@ def test_random_bytes(data):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(VALID_BYTES) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(0, len(VALID_BYTES)))
+@given(
+    st.lists(st.tuples(st.integers(0, len(VALID_BYTES) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+    st.integers(0, len(VALID_BYTES)),
+)
 def test_valid_file_with_flipped_bytes_and_truncation(flips, cut):
     data = bytearray(VALID_BYTES)
     for pos, val in flips:
@@ -188,7 +215,10 @@ def test_a_pickle_payload_anywhere_is_not_run(tmp_path):
             return (open, (str(marker), "w"))
 
     payload = pickle.dumps(Payload(), protocol=2)
-    for members in ({"report.json": payload}, {"report.json": json.dumps(VALID_DOC).encode(), "arrays.safetensors": payload}):
+    for members in (
+        {"report.json": payload},
+        {"report.json": json.dumps(VALID_DOC).encode(), "arrays.safetensors": payload},
+    ):
         assert load_bytes(zipped(members)) is None
     assert load_bytes(payload) is None
     assert not marker.exists()

@@ -107,9 +107,13 @@ def test_spilled_arrays_round_trip_every_dtype(tmp_path, spill_everything):
 
     store = streaming.SpillStore(tmp_path)
     rng = np.random.default_rng(0)
-    for a in (rng.standard_normal((3, 5)).astype(np.float32), np.arange(12).reshape(3, 4),
-              rng.standard_normal(7).astype(ml_dtypes.bfloat16), np.zeros((0, 3), np.float16),
-              np.asfortranarray(rng.standard_normal((4, 6)))):
+    for a in (
+        rng.standard_normal((3, 5)).astype(np.float32),
+        np.arange(12).reshape(3, 4),
+        rng.standard_normal(7).astype(ml_dtypes.bfloat16),
+        np.zeros((0, 3), np.float16),
+        np.asfortranarray(rng.standard_normal((4, 6))),
+    ):
         back = store.put(a)
         assert back.dtype == a.dtype and back.shape == a.shape
         assert np.array_equal(np.asarray(back, np.float64), np.asarray(a, np.float64))

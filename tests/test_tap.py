@@ -41,7 +41,11 @@ def _two_steps(params, x):
     return xfdiff.tap("encoder.layers.0", jnp.tanh(h))
 
 
-PARAMS = {"encoder": {"layers": [{"fc1": {"kernel": jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)}}]}}
+PARAMS = {
+    "encoder": {
+        "layers": [{"fc1": {"kernel": jnp.asarray(np.random.default_rng(0).standard_normal((4, 4)), jnp.float32)}}]
+    }
+}
 X = np.ones((2, 4), np.float32)
 
 
@@ -49,11 +53,16 @@ X = np.ones((2, 4), np.float32)
 def test_tap_side_records_taps_as_calls_with_params_by_path(jit):
     trace = TapSide((_two_steps, PARAMS), X, jit=jit).capture()
     assert [(r.path, r.module_type) for r in trace.records] == [
-        ("encoder.layers.0.fc1", "<lambda>"), ("encoder.layers.0", "tap"), ("", "_two_steps")]
+        ("encoder.layers.0.fc1", "<lambda>"),
+        ("encoder.layers.0", "tap"),
+        ("", "_two_steps"),
+    ]
     step = trace.records[0]
     assert list(step.inputs) == ["args.1"]  # the kernel is a parameter, not an input
     assert set(trace.params) == {"encoder.layers.0.fc1"}
-    np.testing.assert_allclose(trace.root().outputs["out"], np.tanh(X @ np.asarray(PARAMS["encoder"]["layers"][0]["fc1"]["kernel"])), rtol=1e-6)
+    np.testing.assert_allclose(
+        trace.root().outputs["out"], np.tanh(X @ np.asarray(PARAMS["encoder"]["layers"][0]["fc1"]["kernel"])), rtol=1e-6
+    )
 
 
 def test_tapped_step_is_fed_substituted_inputs():

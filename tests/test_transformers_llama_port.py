@@ -27,9 +27,16 @@ ROPE_BUG_LAYER = 1
 @pytest.fixture(scope="module")
 def llama():
     """(torch model, port config, params, inputs): HF's own random init, seed 0."""
-    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   rms_norm_eps=1e-6)
+    cfg = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+    )
     torch.manual_seed(0)
     pt = transformers.LlamaForCausalLM(cfg).eval()
     port_cfg = LlamaPortConfig.from_hf(cfg)
@@ -100,5 +107,7 @@ def test_with_both_bugs_the_earlier_one_is_the_first_divergence(llama):
     r = xfdiff.compare(pt, (port, params), inputs)
     assert r.first_divergence.torch_path == "model.layers.0.post_attention_layernorm"
     found = {(f.pitfall, f.torch_path) for f in r.findings}
-    assert {("norm_epsilon", "model.layers.0.post_attention_layernorm"),
-            ("rope_layout", f"model.layers.{ROPE_BUG_LAYER}.self_attn")} <= found
+    assert {
+        ("norm_epsilon", "model.layers.0.post_attention_layernorm"),
+        ("rope_layout", f"model.layers.{ROPE_BUG_LAYER}.self_attn"),
+    } <= found

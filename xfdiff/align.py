@@ -104,8 +104,12 @@ def fingerprint(a: np.ndarray, token: ParamToken | None = None) -> ParamPrint:
 def _fingerprint(a: np.ndarray) -> ParamPrint:
     from . import fastmetrics, hostmetrics
 
-    if (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size >= fastmetrics.MIN_FAST
-            and hostmetrics.available()):
+    if (
+        isinstance(a, np.ndarray)
+        and a.dtype == np.float32
+        and a.size >= fastmetrics.MIN_FAST
+        and hostmetrics.available()
+    ):
         return ParamPrint(*hostmetrics.fingerprint_sums(a))  # one compiled pass, any shape
     if fastmetrics.usable(a, a):  # large float32/bf16 weights: one fused pass instead of five float64 copies
         return ParamPrint(*fastmetrics.fingerprint_sums(a))
@@ -266,8 +270,11 @@ def _memo_key(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignment):
                 toks.append(tok)
                 keys.append((p, name, tok.key, np.shape(trace.params[p][name])))
     first = {r.path: r.order for r in reversed(ta.records)}
-    calls = (tuple(len(tb.calls_of(b)) for b in B), tuple(len(ta.calls_of(a)) for a in A),
-             tuple(first.get(a, 0) for a in A))
+    calls = (
+        tuple(len(tb.calls_of(b)) for b in B),
+        tuple(len(ta.calls_of(a)) for a in A),
+        tuple(first.get(a, 0) for a in A),
+    )
     return (tuple(A), tuple(B), tuple(keys), tuple(sorted(al.pairs.items())), calls), toks
 
 
@@ -498,7 +505,9 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
                 tb_last = tokens(b)[-1] if b else ""
                 same_name = ta_last == tb_last and not ta_last.isdigit()
                 same_type = ta.module_types.get(a, "").lower() == tb.module_types.get(b, "").lower()
-                if (same_name or same_type and a.count(".") - b.count(".") in (-1, 0, 1)) and _first_shape(ta, a) == _first_shape(tb, b):
+                if (same_name or same_type and a.count(".") - b.count(".") in (-1, 0, 1)) and _first_shape(
+                    ta, a
+                ) == _first_shape(tb, b):
                     al.add(a, b, "name" if same_name else "type+order", 0.8 if same_name else 0.6)
                     free.remove(b)
                     la.remove(a)

@@ -17,8 +17,7 @@ EXIT_OK, EXIT_DIVERGED, EXIT_ERROR = 0, 1, 2
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8050, help="TCP port (default 8050)")
     p.add_argument("--open", action="store_true", help="open the dashboard in the default web browser")
 
@@ -28,16 +27,21 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="xfdiff", description="Layer-by-layer numerical diff of a PyTorch model and its JAX/Flax port.")
+        prog="xfdiff", description="Layer-by-layer numerical diff of a PyTorch model and its JAX/Flax port."
+    )
     parser.add_argument("--version", action="version", version=f"xfdiff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="compare a built-in model and its Flax port (one planted bug) and serve it",
-                          description="Builds a tiny PyTorch transformer and a hand-written Flax port whose block 2 "
-                                      "uses the tanh GELU, compares them and serves the dashboard. No downloads.")
+    demo = sub.add_parser(
+        "demo",
+        help="compare a built-in model and its Flax port (one planted bug) and serve it",
+        description="Builds a tiny PyTorch transformer and a hand-written Flax port whose block 2 "
+        "uses the tanh GELU, compares them and serves the dashboard. No downloads.",
+    )
     _add_server_options(demo)
-    demo.add_argument("--no-browser", action="store_true", help="do not open a web browser (the default; wins over "
-                                                                "--open)")
+    demo.add_argument(
+        "--no-browser", action="store_true", help="do not open a web browser (the default; wins over --open)"
+    )
     demo.add_argument("--save", metavar="FILE", help="also save the report as a .xfd file")
     demo.add_argument("--html", metavar="FILE", help="also write the self-contained HTML report")
     demo.add_argument("--no-serve", action="store_true", help="print the summary and exit instead of serving")
@@ -63,8 +67,10 @@ def _serve(report, host: str, port: int, open_browser: bool) -> int:
     if not 0 < port < 65536:
         raise _UsageError(f"--port must be between 1 and 65535, got {port}.")
     if not port_free(host, port):  # checked before printing the URL; serve() checks again
-        raise _UsageError(f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
-                          f"Pick another port with --port, e.g. --port {port + 1}.")
+        raise _UsageError(
+            f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
+            f"Pick another port with --port, e.g. --port {port + 1}."
+        )
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"xfdiff: dashboard at http://{shown}:{port}/  (Ctrl-C to stop)", flush=True)
     try:

@@ -219,10 +219,18 @@ def demo_report(seed: int = 0, **compare_kwargs: Any):
 
 
 _BLOCK_CALLS = (
-    ("ln1", "LayerNorm", "LayerNorm"), ("attn.q", "Linear", "Dense"), ("attn.k", "Linear", "Dense"),
-    ("attn.v", "Linear", "Dense"), ("attn.o", "Linear", "Dense"), ("attn", "Attention", "Attention"),
-    ("ln2", "LayerNorm", "LayerNorm"), ("mlp.fc1", "Linear", "Dense"), ("mlp.act", "GELU", "GELU"),
-    ("mlp.fc2", "Linear", "Dense"), ("mlp", "Mlp", "Mlp"), ("", "Block", "Block"),
+    ("ln1", "LayerNorm", "LayerNorm"),
+    ("attn.q", "Linear", "Dense"),
+    ("attn.k", "Linear", "Dense"),
+    ("attn.v", "Linear", "Dense"),
+    ("attn.o", "Linear", "Dense"),
+    ("attn", "Attention", "Attention"),
+    ("ln2", "LayerNorm", "LayerNorm"),
+    ("mlp.fc1", "Linear", "Dense"),
+    ("mlp.act", "GELU", "GELU"),
+    ("mlp.fc2", "Linear", "Dense"),
+    ("mlp", "Mlp", "Mlp"),
+    ("", "Block", "Block"),
 )
 
 
@@ -255,11 +263,21 @@ def large_report(n_calls: int = 1000, seed: int = 0, positions: int = 64, channe
         own = 2.3e-4 if (blk, name) == bug else float(rng.choice([0.0, 6e-8, 1.2e-7]))
         inherited = max(inherited, own) * float(rng.uniform(0.9, 1.1))
         path = f"blocks.{blk}" + (f".{name}" if name else "")
-        layers.append(_synthetic_layer(LayerDiff, error_detail, rng, i, path, tt, ft, own, inherited,
-                                       (1, positions, channels)))
-    return Report(layers=layers, meta={"tolerance": {"atol": None, "rtol": None}, "reference": "torch",
-                                       "torch_model": "SyntheticTransformer", "flax_model": "SyntheticTransformer",
-                                       "flax_framework": "linen", "local": True, "notes": ["synthetic report"]})
+        layers.append(
+            _synthetic_layer(LayerDiff, error_detail, rng, i, path, tt, ft, own, inherited, (1, positions, channels))
+        )
+    return Report(
+        layers=layers,
+        meta={
+            "tolerance": {"atol": None, "rtol": None},
+            "reference": "torch",
+            "torch_model": "SyntheticTransformer",
+            "flax_model": "SyntheticTransformer",
+            "flax_framework": "linen",
+            "local": True,
+            "notes": ["synthetic report"],
+        },
+    )
 
 
 def _synthetic_layer(LayerDiff, error_detail, rng, order, path, tt, ft, own, inherited, shape):
@@ -270,13 +288,31 @@ def _synthetic_layer(LayerDiff, error_detail, rng, order, path, tt, ft, own, inh
     dl = np.abs(local.astype(np.float64) - ref)
     tol = 1e-5 + 1e-5 * np.abs(ref)
     lyr = LayerDiff(
-        torch_path=path, flax_path=path, order=order, depth=path.count(".") + 1, torch_type=tt, flax_type=ft,
-        max_abs=float(d.max()), mean_abs=float(d.mean()), rel_l2=float(np.sqrt((d * d).sum() / (ref.astype(np.float64) ** 2).sum())),
-        cosine=1.0, local_max_abs=float(dl.max()), local_mean_abs=float(dl.mean()),
-        status="ok" if (d <= tol).all() else "diverged", local_status="ok" if (dl <= tol).all() else "diverged",
-        atol=1e-5, rtol=1e-5, tol_needed=float(max((d - 1e-5 * np.abs(ref)).max(), 0)),
-        frac_outside=float((d > tol).mean()), torch_shape=shape, flax_shape=shape,
-        torch_dtype="float32", flax_dtype="float32", output_key="out", match="fingerprint", confidence=1.0,
+        torch_path=path,
+        flax_path=path,
+        order=order,
+        depth=path.count(".") + 1,
+        torch_type=tt,
+        flax_type=ft,
+        max_abs=float(d.max()),
+        mean_abs=float(d.mean()),
+        rel_l2=float(np.sqrt((d * d).sum() / (ref.astype(np.float64) ** 2).sum())),
+        cosine=1.0,
+        local_max_abs=float(dl.max()),
+        local_mean_abs=float(dl.mean()),
+        status="ok" if (d <= tol).all() else "diverged",
+        local_status="ok" if (dl <= tol).all() else "diverged",
+        atol=1e-5,
+        rtol=1e-5,
+        tol_needed=float(max((d - 1e-5 * np.abs(ref)).max(), 0)),
+        frac_outside=float((d > tol).mean()),
+        torch_shape=shape,
+        flax_shape=shape,
+        torch_dtype="float32",
+        flax_dtype="float32",
+        output_key="out",
+        match="fingerprint",
+        confidence=1.0,
     )
     lyr.local_tol_needed = float(max((dl - 1e-5 * np.abs(ref)).max(), 0))
     lyr.blame_order = float(order) if lyr.local_status != "ok" else None

@@ -130,9 +130,18 @@ def compare(
     if memory == "bounded":
         from .streaming import compare_bounded
 
-        return compare_bounded(pt_model, flax_model, inputs, flax_inputs=flax_inputs, reference=reference,
-                               tolerance=tolerance, mapping=mapping, local=local, diagnose=diagnose,
-                               progress=progress)
+        return compare_bounded(
+            pt_model,
+            flax_model,
+            inputs,
+            flax_inputs=flax_inputs,
+            reference=reference,
+            tolerance=tolerance,
+            mapping=mapping,
+            local=local,
+            diagnose=diagnose,
+            progress=progress,
+        )
     tol = as_tolerance(tolerance)
     from .progress import Progress
 
@@ -205,8 +214,9 @@ def _diagnose(ev: Evidence, report: Report):
     except XfdiffError:
         raise
     except Exception as e:  # a detector bug must not hide the comparison itself
-        warnings.warn(f"xfdiff: pitfall diagnosis failed ({type(e).__name__}: {e}); the report has no findings.",
-                      stacklevel=3)
+        warnings.warn(
+            f"xfdiff: pitfall diagnosis failed ({type(e).__name__}: {e}); the report has no findings.", stacklevel=3
+        )
         return []
 
 
@@ -234,7 +244,9 @@ def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, lo
 # --- rows ---------------------------------------------------------------------------------
 
 
-def _pair_outputs(ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=None) -> list[tuple[str, str, Transform]]:
+def _pair_outputs(
+    ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=None
+) -> list[tuple[str, str, Transform]]:
     """Pair float output leaves: same key first, then in order among layout-compatible leaves.
 
     ``hint()`` names the layout the call's inputs arrived in; it settles ties (C == H == W).
@@ -310,9 +322,14 @@ def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -
 def _make_row(rt: CallRecord, rf: CallRecord, al: Alignment, tol: Tolerance, reference: str) -> Row | None:
     ref_rec, port_rec = (rt, rf) if reference == "torch" else (rf, rt)
     lyr = LayerDiff(
-        torch_path=rt.path, flax_path=rf.path, call_index=rt.call_index,
-        torch_type=rt.module_type, flax_type=rf.module_type,
-        match=al.how.get(rt.path, ""), confidence=al.confidence.get(rt.path, 0.0), depth=rt.depth,
+        torch_path=rt.path,
+        flax_path=rf.path,
+        call_index=rt.call_index,
+        torch_type=rt.module_type,
+        flax_type=rf.module_type,
+        match=al.how.get(rt.path, ""),
+        confidence=al.confidence.get(rt.path, 0.0),
+        depth=rt.depth,
     )
     errs = [e for e in (rt.error, rf.error) if e]
     if errs:

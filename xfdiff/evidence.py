@@ -72,7 +72,8 @@ class Evidence:
         prefix = path + "." if path else ""
         depth = path.count(".") + 1 if path else 0
         return [
-            r for r in self.trace(side).records
+            r
+            for r in self.trace(side).records
             if r.path.startswith(prefix) and r.path.count(".") == depth and r.path != path
         ]
 

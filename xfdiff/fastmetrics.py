@@ -149,8 +149,13 @@ def _kernels():
         fine = jnp.clip(jnp.floor((logd - LOG_LO) * FINE), 0, _N_FINE - 1).astype(i32)
         fine = jnp.where(pos, fine, _N_FINE)
         return {
-            "worst_val": vals, "worst_row": ri, "worst_col": ci, "worst_ref": r[ri, ci], "worst_port": p[ri, ci],
-            "log_min": jnp.min(jnp.where(pos, logd, jnp.inf)), "log_max": jnp.max(jnp.where(pos, logd, -jnp.inf)),
+            "worst_val": vals,
+            "worst_row": ri,
+            "worst_col": ci,
+            "worst_ref": r[ri, ci],
+            "worst_port": p[ri, ci],
+            "log_min": jnp.min(jnp.where(pos, logd, jnp.inf)),
+            "log_max": jnp.max(jnp.where(pos, logd, -jnp.inf)),
             "fine_counts": jnp.zeros(_N_FINE + 1, i32).at[fine.reshape(-1)].add(1)[:_N_FINE],
             "n_exact": jnp.sum(fin & (d == 0), dtype=i32),
             "col_max": rank.max(0),
@@ -257,8 +262,15 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
     row_bin, n_row_bins = pool_bins(rows, HEATMAP_MAX), min(rows, HEATMAP_MAX)
     parts = []
     for a, b in _blocks(rows, cols, whole=is_jax_array(ref) or is_jax_array(port)):
-        out = kernel(r2[a:b], p2[a:b], np.float32(atol), np.float32(rtol), row_bin[a:b].astype(np.int32),
-                     detail=detail, n_row_bins=n_row_bins)
+        out = kernel(
+            r2[a:b],
+            p2[a:b],
+            np.float32(atol),
+            np.float32(rtol),
+            row_bin[a:b].astype(np.int32),
+            detail=detail,
+            n_row_bins=n_row_bins,
+        )
         parts.append((a, _to_host(out)))
     stats = _stats_from([g for _, g in parts], rows * cols)
     if not detail:
@@ -267,16 +279,20 @@ def compare_fast(ref: Any, port: Any, atol: float, rtol: float, detail: bool = T
 
 
 def _host_ok(r2: Any, p2: Any) -> bool:
-    if not (isinstance(r2, np.ndarray) and isinstance(p2, np.ndarray) and r2.dtype == np.float32
-            and p2.dtype == np.float32 and r2.size <= BLOCK):
+    if not (
+        isinstance(r2, np.ndarray)
+        and isinstance(p2, np.ndarray)
+        and r2.dtype == np.float32
+        and p2.dtype == np.float32
+        and r2.size <= BLOCK
+    ):
         return False
     from . import hostmetrics
 
     return hostmetrics.available()
 
 
-def _compare_host(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bool, shape: tuple,
-                  seed: int):
+def _compare_host(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bool, shape: tuple, seed: int):
     """The fused kernel's results from :mod:`xfdiff.hostmetrics` (finite float32 numpy arrays).
 
     Returns ``None`` when either side holds a non-finite value: the kernel handles those.
@@ -289,8 +305,15 @@ def _compare_host(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, deta
     sums, max_abs, need, outside, det = got
     rows, cols = r2.shape
     n = rows * cols
-    g = {"sums": np.asarray(sums, dtype=np.float64).reshape(4, 1), "max_abs": max_abs, "need": need,
-         "outside": outside, "n_both": n, "n_nonfinite": 0, "nf_mismatch": 0}
+    g = {
+        "sums": np.asarray(sums, dtype=np.float64).reshape(4, 1),
+        "max_abs": max_abs,
+        "need": need,
+        "outside": outside,
+        "n_both": n,
+        "n_nonfinite": 0,
+        "nf_mismatch": 0,
+    }
     stats = _stats_from([g], n)
     if det is None:
         return stats, None
@@ -298,16 +321,23 @@ def _compare_host(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, deta
     n_pos = int(fine.sum())
     k = min(WORST_K, n)
     # The k largest errors lie in the k rows with the largest maxima.
-    top_rows = np.argpartition(row_max, rows - k)[rows - k:] if rows > k else np.arange(rows)
+    top_rows = np.argpartition(row_max, rows - k)[rows - k :] if rows > k else np.arange(rows)
     sub = np.abs(p2[top_rows] - r2[top_rows]).ravel()
-    flat = np.argpartition(sub, sub.size - k)[sub.size - k:] if sub.size > k else np.arange(sub.size)
+    flat = np.argpartition(sub, sub.size - k)[sub.size - k :] if sub.size > k else np.arange(sub.size)
     ri, ci = top_rows[flat // cols], flat % cols
     parts = {
-        "worst_val": sub[flat], "worst_row": ri, "worst_col": ci, "worst_ref": r2[ri, ci], "worst_port": p2[ri, ci],
+        "worst_val": sub[flat],
+        "worst_row": ri,
+        "worst_col": ci,
+        "worst_ref": r2[ri, ci],
+        "worst_port": p2[ri, ci],
         # Only floor(log_min) is used: the first non-empty fine bin's start has the same floor.
         "log_min": LOG_LO + first / FINE if n_pos else np.inf,
         "log_max": np.log10(np.float64(max_abs)) if n_pos else -np.inf,
-        "fine_counts": fine, "n_exact": n - n_pos, "col_max": profile, "row_pool": heat,  # already pooled
+        "fine_counts": fine,
+        "n_exact": n - n_pos,
+        "col_max": profile,
+        "row_pool": heat,  # already pooled
     }
     return stats, _detail_from([(0, {"detail": parts})], shape, cols, r2, p2, seed)
 
@@ -353,7 +383,7 @@ def _pool_host(a: np.ndarray, axis: int, out: int) -> np.ndarray:
     if edges is None:
         return a
     width = int(np.max(np.diff(edges)))
-    shape = a.shape[:axis] + (out, width) + a.shape[axis + 1:]
+    shape = a.shape[:axis] + (out, width) + a.shape[axis + 1 :]
     if a.shape[axis] != out * width:
         idx = np.minimum(edges[:-1, None] + np.arange(width), edges[1:, None] - 1).ravel()
         a = np.take(a, idx, axis=axis)
@@ -368,8 +398,9 @@ def _histogram(dets: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
     hi_val = max(float(d["log_max"]) for d in dets)
     lo, hi = np.floor(lo_val), np.ceil(hi_val)
     hi = max(hi, lo + 1)
-    fine = dets[0]["fine_counts"] if len(dets) == 1 else np.sum([d["fine_counts"] for d in dets], axis=0,
-                                                                 dtype=np.int64)
+    fine = (
+        dets[0]["fine_counts"] if len(dets) == 1 else np.sum([d["fine_counts"] for d in dets], axis=0, dtype=np.int64)
+    )
     width = int(round((hi - lo) * FINE / HIST_BINS))  # fine bins per histogram bin: whole decades / 40
     start = int(round((lo - LOG_LO) * FINE))
     stop = start + width * HIST_BINS
@@ -381,15 +412,27 @@ def _histogram(dets: list[dict]) -> tuple[np.ndarray, np.ndarray] | None:
 def _detail_from(parts: list[tuple[int, dict]], shape: tuple, cols: int, ref: Any, port: Any, seed: int) -> dict:
     dets = [g["detail"] for _, g in parts]
     n = int(np.prod(shape)) if shape else 1
-    cand = [(v, (a + r) * cols + c, rv, pv) for a, g in parts for v, r, c, rv, pv in zip(
-        g["detail"]["worst_val"], g["detail"]["worst_row"], g["detail"]["worst_col"],
-        g["detail"]["worst_ref"], g["detail"]["worst_port"], strict=True)]
+    cand = [
+        (v, (a + r) * cols + c, rv, pv)
+        for a, g in parts
+        for v, r, c, rv, pv in zip(
+            g["detail"]["worst_val"],
+            g["detail"]["worst_row"],
+            g["detail"]["worst_col"],
+            g["detail"]["worst_ref"],
+            g["detail"]["worst_port"],
+            strict=True,
+        )
+    ]
     cand.sort(key=lambda t: -t[0])
     cand = cand[: min(WORST_K, n)]
     worst = np.asarray([int(t[1]) for t in cand], dtype=np.int64)
-    out: dict[str, np.ndarray] = {"shape": np.asarray(shape, dtype=np.int64), "worst_index": worst,
-                                  "worst_ref": np.asarray([t[2] for t in cand], dtype=np.float64),
-                                  "worst_port": np.asarray([t[3] for t in cand], dtype=np.float64)}
+    out: dict[str, np.ndarray] = {
+        "shape": np.asarray(shape, dtype=np.int64),
+        "worst_index": worst,
+        "worst_ref": np.asarray([t[2] for t in cand], dtype=np.float64),
+        "worst_port": np.asarray([t[3] for t in cand], dtype=np.float64),
+    }
     hist = _histogram(dets)
     if hist is not None:
         out["hist_edges"], out["hist_counts"] = hist

@@ -58,8 +58,9 @@ def _kernel():
 
     # reassoc lets the sums vectorise; NaN and infinity keep their meaning (they are detected).
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def measure_rows(r, p, atol, rtol, detail, base, edge, n_fine, row_bin, n_rb, col_bin, n_cb, prof_bin,
-                     n_pb):  # pragma: no cover - compiled
+    def measure_rows(
+        r, p, atol, rtol, detail, base, edge, n_fine, row_bin, n_rb, col_bin, n_cb, prof_bin, n_pb
+    ):  # pragma: no cover - compiled
         rows, cols = r.shape
         s_abs = 0.0
         s_rr = 0.0
@@ -224,9 +225,21 @@ def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bo
     rows, cols = r2.shape
     base, edge = bucket_tables(*fine_grid)
     (s_abs, s_rr, s_dd, s_pp, mx, need, outside, finite, fine, row_max, heat, profile, first) = kernel(
-        r2, p2, np.float32(atol), np.float32(rtol), bool(detail), base, edge, fine_grid[2],
-        pool_bins(rows, HEATMAP_MAX), min(rows, HEATMAP_MAX), pool_bins(cols, HEATMAP_MAX),
-        min(cols, HEATMAP_MAX), pool_bins(cols, PROFILE_MAX), min(cols, PROFILE_MAX))
+        r2,
+        p2,
+        np.float32(atol),
+        np.float32(rtol),
+        bool(detail),
+        base,
+        edge,
+        fine_grid[2],
+        pool_bins(rows, HEATMAP_MAX),
+        min(rows, HEATMAP_MAX),
+        pool_bins(cols, HEATMAP_MAX),
+        min(cols, HEATMAP_MAX),
+        pool_bins(cols, PROFILE_MAX),
+        min(cols, PROFILE_MAX),
+    )
     if not finite:
         return None
     as_float = np.array([mx, need], dtype=np.int32).view(np.float32)

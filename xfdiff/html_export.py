@@ -32,8 +32,16 @@ import numpy as np
 from .report import Finding, Report
 
 MAX_BYTES = 6_000_000
-_TYPED = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
-          "float32": "f4", "float64": "f8"}
+_TYPED = {
+    "int8": "i1",
+    "uint8": "u1",
+    "int16": "i2",
+    "uint16": "u2",
+    "int32": "i4",
+    "uint32": "u4",
+    "float32": "f4",
+    "float64": "f8",
+}
 
 
 def esc(text: object) -> str:
@@ -110,8 +118,13 @@ def _plotly_packed() -> str:
 def _finding_json(f: Finding) -> dict:
     from .dashboard import tables as T
 
-    return {"pitfall": f.pitfall, "where": T.finding_where(f), "message": f.message, "fix": f.fix,
-            "evidence": T.evidence_items(f)}
+    return {
+        "pitfall": f.pitfall,
+        "where": T.finding_where(f),
+        "message": f.message,
+        "fix": f.fix,
+        "evidence": T.evidence_items(f),
+    }
 
 
 def _base_entry(report: Report, lyr) -> dict:
@@ -140,8 +153,10 @@ def plot_priority(report: Report) -> list[int]:
     fd = report.first_divergence
     first = [fd.order] if fd is not None else []
     with_findings = [lyr.order for lyr in report.layers if T.findings_for(report, lyr)]
-    own_bad = sorted((lyr for lyr in report.layers if lyr.local_status not in (None, "ok")),
-                     key=lambda lyr: -(lyr.local_max_abs or 0.0))
+    own_bad = sorted(
+        (lyr for lyr in report.layers if lyr.local_status not in (None, "ok")),
+        key=lambda lyr: -(lyr.local_max_abs or 0.0),
+    )
     seen: dict[int, None] = {}
     for o in first + with_findings + [lyr.order for lyr in own_bad] + [lyr.order for lyr in report.layers]:
         seen.setdefault(o, None)
@@ -195,7 +210,9 @@ def _findings_html(report: Report) -> str:
             f'<div class="xf-finding"><div><span class="pid">{esc(f.pitfall)}</span> at '
             f'<span class="where">{esc(T.finding_where(f))}</span>{link}</div><div>{esc(f.message)}</div>'
             + (f'<div class="xf-ev">{ev}</div>' if ev else "")
-            + (f'<div class="fix"><b>Fix: </b>{esc(f.fix)}</div>' if f.fix else "") + "</div>")
+            + (f'<div class="fix"><b>Fix: </b>{esc(f.fix)}</div>' if f.fix else "")
+            + "</div>"
+        )
     return f'<div class="xf-card" id="xf-findings"><div class="xf-h">Findings ({len(report.findings)})</div>{"".join(cards)}</div>'
 
 
@@ -206,14 +223,20 @@ def _summary_html(report: Report) -> str:
     cause = ""
     if v.cause is not None:
         fix = f'<br><b style="color:#2b8a3e">Fix: </b>{esc(v.cause.fix)}' if v.cause.fix else ""
-        cause = (f'<div class="xf-verdict-detail">Likely cause: <b>{esc(v.cause.pitfall)}</b> — '
-                 f"{esc(v.cause.message)}{fix}</div>")
+        cause = (
+            f'<div class="xf-verdict-detail">Likely cause: <b>{esc(v.cause.pitfall)}</b> — '
+            f"{esc(v.cause.message)}{fix}</div>"
+        )
     fd = report.first_divergence
-    button = (f'<button class="xf-btn" data-goto="{fd.order}">Show this layer</button>' if fd is not None else "")
+    button = f'<button class="xf-btn" data-goto="{fd.order}">Show this layer</button>' if fd is not None else ""
     c = T.counts(report)
-    stats = [(c["aligned"], "aligned calls"), (c["outside"], "outside tolerance (propagated)"),
-             (c["own_bad"], "add error on their own"), (c["findings"], "findings"),
-             (f"{c['torch_only']} / {c['flax_only']}", "unmatched torch / flax")]
+    stats = [
+        (c["aligned"], "aligned calls"),
+        (c["outside"], "outside tolerance (propagated)"),
+        (c["own_bad"], "add error on their own"),
+        (c["findings"], "findings"),
+        (f"{c['torch_only']} / {c['flax_only']}", "unmatched torch / flax"),
+    ]
     return (
         f'<div class="xf-card xf-verdict {v.level}" id="xf-verdict"><div style="flex:1">'
         f'<div class="xf-headline">{esc(v.headline)}</div><div class="xf-verdict-detail">{esc(v.detail)}</div>'
@@ -230,10 +253,16 @@ def _unmatched_html(report: Report) -> str:
     parts = []
     for side, name in (("torch", "PyTorch"), ("flax", "Flax")):
         rows = T.unmatched_rows(report, side)
-        body = "".join(f"<tr><td>{esc(r['path'])}</td><td>{esc(r['type'])}</td><td>{esc(r['params'])}</td>"
-                       f"<td>{esc(r['reason'])}</td></tr>" for r in rows)
-        table = (f"<table><tr><th>module</th><th>type</th><th>params</th><th>why unpaired</th></tr>{body}</table>"
-                 if rows else '<div class="xf-muted">none</div>')
+        body = "".join(
+            f"<tr><td>{esc(r['path'])}</td><td>{esc(r['type'])}</td><td>{esc(r['params'])}</td>"
+            f"<td>{esc(r['reason'])}</td></tr>"
+            for r in rows
+        )
+        table = (
+            f"<table><tr><th>module</th><th>type</th><th>params</th><th>why unpaired</th></tr>{body}</table>"
+            if rows
+            else '<div class="xf-muted">none</div>'
+        )
         parts.append(f'<div><div class="xf-h">Only in {name} ({len(rows)})</div>{table}</div>')
     return f'<div class="xf-card" id="xf-unmatched"><div class="xf-um">{"".join(parts)}</div></div>'
 
@@ -246,43 +275,65 @@ def _header_html(report: Report) -> str:
     ref = report.reference
     fw = report.meta.get("flax_framework", "flax")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sub = (f"{tm} (PyTorch{', reference' if ref == 'torch' else ''}) vs {fm} (Flax {fw}"
-           f"{', reference' if ref == 'flax' else ''}) · {T.tolerance_text(report)} · xfdiff {__version__}, {when}")
-    return (f'<div class="xf-header"><div class="xf-logo">xf<span>diff</span></div>'
-            f'<div class="xf-sub">{esc(sub)}</div></div>')
+    sub = (
+        f"{tm} (PyTorch{', reference' if ref == 'torch' else ''}) vs {fm} (Flax {fw}"
+        f"{', reference' if ref == 'flax' else ''}) · {T.tolerance_text(report)} · xfdiff {__version__}, {when}"
+    )
+    return (
+        f'<div class="xf-header"><div class="xf-logo">xf<span>diff</span></div>'
+        f'<div class="xf-sub">{esc(sub)}</div></div>'
+    )
 
 
 def _filters_html(report: Report) -> str:
-    statuses = sorted({lyr.status for lyr in report.layers}, key=lambda s: ("ok", "diverged", "nonfinite",
-                                                                             "shape_mismatch", "unmatched").index(s))
-    boxes = "".join(f'<label><input type="checkbox" class="xf-status" value="{esc(s)}" checked> {esc(s)}</label>'
-                    for s in statuses)
-    return (f'<div class="xf-filters"><input type="text" id="xf-search" placeholder="search path or type…">'
-            f'{boxes}<label><input type="checkbox" id="xf-own-only"> own error only</label>'
-            f'<span class="xf-muted" id="xf-row-count"></span></div>')
+    statuses = sorted(
+        {lyr.status for lyr in report.layers},
+        key=lambda s: ("ok", "diverged", "nonfinite", "shape_mismatch", "unmatched").index(s),
+    )
+    boxes = "".join(
+        f'<label><input type="checkbox" class="xf-status" value="{esc(s)}" checked> {esc(s)}</label>' for s in statuses
+    )
+    return (
+        f'<div class="xf-filters"><input type="text" id="xf-search" placeholder="search path or type…">'
+        f'{boxes}<label><input type="checkbox" id="xf-own-only"> own error only</label>'
+        f'<span class="xf-muted" id="xf-row-count"></span></div>'
+    )
 
 
 def _body_html(report: Report, n_plots: int) -> str:
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.meta.get("notes", []))
     left_out = len(report.layers) - n_plots
-    no_figs = ("Plots for this layer were left out to keep the file small "
-               f"({n_plots} of {len(report.layers)} layers have plots). "
-               "Open the saved report with `xfdiff serve FILE` to see every layer.") if left_out else \
-        "No plots for this layer."
-    figs = "".join(f'<div class="{"wide" if k in ("scatter", "profile") else ""}"><div id="xf-fig-{k}"></div></div>'
-                   for k in ("hist", "heatmap", "scatter", "profile"))
-    variant = "".join(f'<label><input type="radio" name="xf-variant" value="{v}"{" checked" if v == "local" else ""}>'
-                      f" {label} </label>" for v, label in (("local", "own error (teacher-forced)"),
-                                                            ("propagated", "propagated error")))
+    no_figs = (
+        (
+            "Plots for this layer were left out to keep the file small "
+            f"({n_plots} of {len(report.layers)} layers have plots). "
+            "Open the saved report with `xfdiff serve FILE` to see every layer."
+        )
+        if left_out
+        else "No plots for this layer."
+    )
+    figs = "".join(
+        f'<div class="{"wide" if k in ("scatter", "profile") else ""}"><div id="xf-fig-{k}"></div></div>'
+        for k in ("hist", "heatmap", "scatter", "profile")
+    )
+    variant = "".join(
+        f'<label><input type="radio" name="xf-variant" value="{v}"{" checked" if v == "local" else ""}>'
+        f" {label} </label>"
+        for v, label in (("local", "own error (teacher-forced)"), ("propagated", "propagated error"))
+    )
     return (
-        '<div class="xf-page">' + _header_html(report) + _summary_html(report) + _findings_html(report)
+        '<div class="xf-page">'
+        + _header_html(report)
+        + _summary_html(report)
+        + _findings_html(report)
         + '<div class="xf-msg" id="xf-problem" style="display:none"></div>'
         + '<div class="xf-card"><div id="xf-depth" style="height:340px"></div></div>'
         + '<div class="xf-cols"><div class="xf-card xf-sticky"><div class="xf-h">Modules (aligned calls, execution '
-        + 'order)</div>' + _filters_html(report)
+        + "order)</div>"
+        + _filters_html(report)
         + '<div class="xf-tablewrap" id="xf-tablewrap"><table class="xf-table"><thead id="xf-thead"></thead><tbody id="xf-tbody">'
         + '</tbody></table></div><div class="xf-muted">Click a row, or a point in the plot above, to see the layer '
-        + 'in detail. Click a column header to sort.</div></div>'
+        + "in detail. Click a column header to sort.</div></div>"
         + '<div class="xf-card" id="xf-detail"><div class="xf-detail-head"><div id="xf-detail-title" '
         + f'class="xf-detail-title"></div><div class="xf-spacer"></div><div>{variant}</div></div>'
         + '<table id="xf-facts" class="xf-facts"></table><div id="xf-detail-findings"></div>'
@@ -302,8 +353,12 @@ def _meta_json(report: Report) -> dict:
 
     fd = report.first_divergence
     first = fd.order if fd is not None else (0 if report.layers else None)
-    return {"rows": T.layer_rows(report), "first": first, "depth": F.depth_figure(report),
-            "findings": [_finding_json(f) for f in report.findings]}
+    return {
+        "rows": T.layer_rows(report),
+        "first": first,
+        "depth": F.depth_figure(report),
+        "findings": [_finding_json(f) for f in report.findings],
+    }
 
 
 def report_html(report: Report, max_bytes: int = MAX_BYTES) -> str:

@@ -94,17 +94,21 @@ def _reshapes(rs: tuple, ps: tuple) -> list[Transform]:
     elif rs[-1:] == ps[-1:] and len(ps) > len(rs):
         out.append(_reshape("split_leading", rs, ps))
     if len(rs) == 4 and len(ps) == 3 and rs[0] == ps[0] and rs[2] == ps[1] and rs[1] * rs[3] == ps[2]:
-        out.append(Transform(
-            "BHTD->BT(HD)",
-            lambda a: np.swapaxes(a, 1, 2).reshape(ps),
-            lambda a: np.swapaxes(a.reshape(rs[0], rs[2], rs[1], rs[3]), 1, 2),
-        ))
+        out.append(
+            Transform(
+                "BHTD->BT(HD)",
+                lambda a: np.swapaxes(a, 1, 2).reshape(ps),
+                lambda a: np.swapaxes(a.reshape(rs[0], rs[2], rs[1], rs[3]), 1, 2),
+            )
+        )
     if len(rs) == 3 and len(ps) == 4 and rs[0] == ps[0] and rs[1] == ps[2] and ps[1] * ps[3] == rs[2]:
-        out.append(Transform(
-            "BT(HD)->BHTD",
-            lambda a: np.swapaxes(a.reshape(ps[0], ps[2], ps[1], ps[3]), 1, 2),
-            lambda a: np.swapaxes(a, 1, 2).reshape(rs),
-        ))
+        out.append(
+            Transform(
+                "BT(HD)->BHTD",
+                lambda a: np.swapaxes(a.reshape(ps[0], ps[2], ps[1], ps[3]), 1, 2),
+                lambda a: np.swapaxes(a, 1, 2).reshape(rs),
+            )
+        )
     return out
 
 
@@ -115,12 +119,14 @@ def _broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
         return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[tuple(slice(0, n) for n in rs)])]
     if all(r == p or p == 1 for r, p in zip(rs, ps, strict=True)):
         first = tuple(slice(0, 1) if p == 1 and r != 1 else slice(None) for r, p in zip(rs, ps, strict=True))
-        return [Transform(
-            "unbroadcast",
-            lambda a: a[first],
-            lambda a: np.broadcast_to(a, rs),
-            valid=lambda a: bool(np.array_equal(np.broadcast_to(a[first], a.shape), a, equal_nan=True)),
-        )]
+        return [
+            Transform(
+                "unbroadcast",
+                lambda a: a[first],
+                lambda a: np.broadcast_to(a, rs),
+                valid=lambda a: bool(np.array_equal(np.broadcast_to(a[first], a.shape), a, equal_nan=True)),
+            )
+        ]
     return []
 
 
@@ -138,16 +144,20 @@ def _flatten_orders(rs: tuple, ps: tuple) -> list[Transform]:
         c = k // (h * h)
         if c < 2 or c * h * h != k:
             continue
-        for name, blocks in ((f"flatten(NCHW->NHWC)[C={c},H=W={h}]", (c, h * h)),
-                             (f"flatten(NHWC->NCHW)[C={c},H=W={h}]", (h * h, c))):
+        for name, blocks in (
+            (f"flatten(NCHW->NHWC)[C={c},H=W={h}]", (c, h * h)),
+            (f"flatten(NHWC->NCHW)[C={c},H=W={h}]", (h * h, c)),
+        ):
             if blocks in seen:
                 continue
             seen.add(blocks)
-            out.append(Transform(
-                name,
-                lambda a, b=blocks: np.swapaxes(a.reshape(n, *b), 1, 2).reshape(a.shape),
-                lambda a, b=blocks: np.swapaxes(a.reshape(n, b[1], b[0]), 1, 2).reshape(a.shape),
-            ))
+            out.append(
+                Transform(
+                    name,
+                    lambda a, b=blocks: np.swapaxes(a.reshape(n, *b), 1, 2).reshape(a.shape),
+                    lambda a, b=blocks: np.swapaxes(a.reshape(n, b[1], b[0]), 1, 2).reshape(a.shape),
+                )
+            )
     return out
 
 
@@ -257,8 +267,9 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float, full: bool = True) -> bool
         flat = np.linspace(0, a.size - 1, 4096).astype(np.int64)
         sa, sb = a[np.unravel_index(flat, a.shape)], b[np.unravel_index(flat, b.shape)]
         sample_scale = float(np.max(np.abs(sa))) if full is False else float(np.max(np.abs(a)))
-        if not np.allclose(sa.astype(np.float32), sb.astype(np.float32), rtol=rtol, atol=rtol * sample_scale,
-                           equal_nan=True):
+        if not np.allclose(
+            sa.astype(np.float32), sb.astype(np.float32), rtol=rtol, atol=rtol * sample_scale, equal_nan=True
+        ):
             return False
         if not full:
             return True

@@ -153,10 +153,13 @@ def _blame_gap(row: Row, s, pk: str, lrec: CallRecord, local_trace: Trace, port_
     gap_at = row.layer.order - 0.5
     if pl.blame_order is None or gap_at < pl.blame_order:
         pl.blame_order = gap_at
-        pl.note = _join(pl.note, (
-            f"own code changes the value before it reaches {row.layer.label}: that call's input "
-            f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
-        ))
+        pl.note = _join(
+            pl.note,
+            (
+                f"own code changes the value before it reaches {row.layer.label}: that call's input "
+                f"({pk}) is off by max_abs {s.max_abs:.2e} even with every earlier call fed the reference's values"
+            ),
+        )
 
 
 def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bool:

@@ -47,8 +47,7 @@ def load_mapping(path: str | os.PathLike) -> dict[str, str]:
         data = data["pairs"]
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise MappingError(
-            f"mapping file {p} must hold a JSON object of torch path -> flax path strings "
-            '(bare, or under "pairs").'
+            f'mapping file {p} must hold a JSON object of torch path -> flax path strings (bare, or under "pairs").'
         )
     return data
 
@@ -111,7 +110,9 @@ def resolve_mapping(mapping: Any, tt: Trace, tf: Trace) -> dict[str, str]:
         if tp not in t_set:
             raise MappingError(f"mapping names torch module {key!r}, which was not called." + did_you_mean(tp, t_paths))
         if fp not in f_set:
-            raise MappingError(f"mapping names flax module {value!r}, which was not called." + did_you_mean(fp, f_paths))
+            raise MappingError(
+                f"mapping names flax module {value!r}, which was not called." + did_you_mean(fp, f_paths)
+            )
         out[tp] = fp
     return out
 
@@ -134,6 +135,8 @@ def _expand_rule(key: str, template: str, t_paths: list[str], f_set: set[str]) -
             else:
                 missed.append(fp)
     if not out:
-        hint = f" It produced {missed[:3]}, which no called flax module has." if missed else " It matched no torch path."
+        hint = (
+            f" It produced {missed[:3]}, which no called flax module has." if missed else " It matched no torch path."
+        )
         raise MappingError(f"mapping rule {key!r} matched no pair of called modules.{hint}")
     return out

@@ -72,9 +72,7 @@ def as_tolerance(tol: Tolerance | float | dict | None) -> Tolerance:
         if unknown:
             raise ConfigError(f"tolerance dict has unknown keys {sorted(unknown)}; use 'atol' and 'rtol'.")
         return Tolerance(**tol)
-    raise ConfigError(
-        f"tolerance must be None, a number, a dict or xfdiff.Tolerance, got {type(tol).__name__}."
-    )
+    raise ConfigError(f"tolerance must be None, a number, a dict or xfdiff.Tolerance, got {type(tol).__name__}.")
 
 
 def lower_precision(*dtypes: str) -> str:

@@ -160,9 +160,7 @@ class Report:
     def diverged(self) -> bool:
         """True when any aligned layer (or the final output) is outside tolerance."""
         final_bad = self.final is not None and self.final.status != "ok"
-        return final_bad or any(
-            lyr.status in ("diverged", "nonfinite", "shape_mismatch") for lyr in self.layers
-        )
+        return final_bad or any(lyr.status in ("diverged", "nonfinite", "shape_mismatch") for lyr in self.layers)
 
     @property
     def reference(self) -> str:
@@ -199,10 +197,7 @@ class Report:
     def __repr__(self) -> str:
         fd = self.first_divergence
         where = fd.label if fd else "none"
-        return (
-            f"<xfdiff.Report {len(self.layers)} layers, first divergence: {where}, "
-            f"{len(self.findings)} finding(s)>"
-        )
+        return f"<xfdiff.Report {len(self.layers)} layers, first divergence: {where}, {len(self.findings)} finding(s)>"
 
     def _repr_html_(self) -> str:
         from .html_export import notebook_html

@@ -133,7 +133,11 @@ def load_report(path: str | os.PathLike) -> Report:
         raise
     except Exception as e:  # zipfile, zlib, lzma and bz2 each raise their own kinds on damaged data
         head = path.read_bytes()[:2]
-        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") or path.suffix in (".pkl", ".pickle"):
+        if (
+            head[:1] == b"\x80"
+            and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+            or path.suffix in (".pkl", ".pickle")
+        ):
             raise _bad(path, "it looks like a pickle, which xfdiff never loads") from None
         raise _bad(path, f"not a valid zip archive ({type(e).__name__}: {e}); it may be truncated") from None
     try:
@@ -222,8 +226,17 @@ def _layer_from(path, row: dict, arrays: dict, prefix: str) -> LayerDiff:
 
 
 # Types of the meta entries the views read; other entries are kept as loaded.
-_META_TYPES = {"tolerance": dict, "reference": str, "notes": list, "alignment": dict, "torch_model": str,
-               "flax_model": str, "flax_framework": str, "torch_meta": dict, "flax_meta": dict}
+_META_TYPES = {
+    "tolerance": dict,
+    "reference": str,
+    "notes": list,
+    "alignment": dict,
+    "torch_model": str,
+    "flax_model": str,
+    "flax_framework": str,
+    "torch_meta": dict,
+    "flax_meta": dict,
+}
 
 
 def _check_meta(path, meta: dict) -> dict:
@@ -254,13 +267,29 @@ def _doc_to_report(path, doc: Any, arrays: dict[str, np.ndarray]) -> Report:
         )
     try:
         doc = _unjson(doc)
-        layers = [_layer_from(path, row, arrays, str(i)) for i, row in enumerate(_typed(path, doc.get("layers", []), list, "layers"))]
+        layers = [
+            _layer_from(path, row, arrays, str(i))
+            for i, row in enumerate(_typed(path, doc.get("layers", []), list, "layers"))
+        ]
         final = doc.get("final")
         final = _layer_from(path, final, arrays, "final") if final is not None else None
         findings = []
         for f in _typed(path, doc.get("findings", []), list, "findings"):
             _typed(path, f, dict, "a finding")
-            known = {k: f[k] for k in ("pitfall", "torch_path", "flax_path", "message", "evidence", "fix", "call_index", "confidence") if k in f}
+            known = {
+                k: f[k]
+                for k in (
+                    "pitfall",
+                    "torch_path",
+                    "flax_path",
+                    "message",
+                    "evidence",
+                    "fix",
+                    "call_index",
+                    "confidence",
+                )
+                if k in f
+            }
             if not isinstance(known.get("pitfall"), str) or not isinstance(known.get("message", ""), str):
                 raise _bad(path, "a finding lacks its pitfall id or message")
             _check_fields(path, Finding, known, "finding")

@@ -158,8 +158,7 @@ class _Run:
 
     def live(self, path, idx, typ, method, order, ins, outs, raw) -> LiveRecord:
         rec = LiveRecord(path=path, call_index=idx, module_type=typ, order=order, method=method)
-        rec.inputs, rec.outputs, rec.raw_inputs = (
-            {k: self._host(v) for k, v in d.items()} for d in (ins, outs, raw))
+        rec.inputs, rec.outputs, rec.raw_inputs = ({k: self._host(v) for k, v in d.items()} for d in (ins, outs, raw))
         return rec
 
     def _host(self, v: Any) -> Any:
@@ -220,8 +219,11 @@ def _port_pairs(tt: Trace, skeleton: Trace, al: Alignment) -> dict[tuple[str, in
 def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
     """Teacher forcing with the reference's inputs read from disk one call at a time."""
     port_row = {row.flax.key: row for row in ev.rows}
-    subst = {(row.flax.path, row.flax.call_index): _LazyInputs(row.torch, run.maps[(row.flax.path, row.flax.call_index)])
-             for row in ev.rows if run.maps.get((row.flax.path, row.flax.call_index))}
+    subst = {
+        (row.flax.path, row.flax.call_index): _LazyInputs(row.torch, run.maps[(row.flax.path, row.flax.call_index)])
+        for row in ev.rows
+        if run.maps.get((row.flax.path, row.flax.call_index))
+    }
     gaps = []
     # Detectors read a composite culprit's children under teacher forcing, and children
     # return before their parent: keep the calls inside any module that diverged.
@@ -259,7 +261,9 @@ def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
     ev.flax_local_trace = local_trace
     for row in ev.rows:
         if row.port_local is None:
-            row.layer.note = L._join(row.layer.note, "local error not measured: the call did not recur under teacher forcing")
+            row.layer.note = L._join(
+                row.layer.note, "local error not measured: the call did not recur under teacher forcing"
+            )
     for row, (s, pk) in gaps:  # after every row has its own local error, as in the full mode
         L._blame_gap(row, s, pk, row.port_local, local_trace, port_row)
     L.assign_blame(ev.rows)
@@ -274,9 +278,20 @@ def _check_supported(reference: str, flax_side: Any) -> None:
         )
 
 
-def compare_bounded(pt_model: Any, flax_model: Any, inputs: Any, *, flax_inputs: Any = None,
-                    reference: str = "torch", tolerance=None, mapping: Any = None, local: bool = True,
-                    diagnose: bool = True, progress: bool | None = None, spill_dir: str | None = None) -> Report:
+def compare_bounded(
+    pt_model: Any,
+    flax_model: Any,
+    inputs: Any,
+    *,
+    flax_inputs: Any = None,
+    reference: str = "torch",
+    tolerance=None,
+    mapping: Any = None,
+    local: bool = True,
+    diagnose: bool = True,
+    progress: bool | None = None,
+    spill_dir: str | None = None,
+) -> Report:
     """:func:`xfdiff.compare` with bounded memory (see the module notes).
 
     Args:
@@ -313,11 +328,20 @@ def compare_bounded(pt_model: Any, flax_model: Any, inputs: Any, *, flax_inputs:
         else:
             L.assign_blame(ev.rows)
         meta = E._meta(tol, "torch", torch_side, flax_side, tt, ev.flax_trace, al, notes, local)
-        meta["memory"] = {"mode": "bounded", "reference_bytes_spilled": ref_bytes,
-                          "port_bytes_spilled": store.nbytes - ref_bytes, "port_calls_kept": run.kept_calls,
-                          "sharded_values": run.sharded}
-        report = Report(layers=[r.layer for r in ev.rows], unmatched=al.unmatched, meta=meta,
-                        final=ev.final.layer if ev.final else None, findings=list(env_findings))
+        meta["memory"] = {
+            "mode": "bounded",
+            "reference_bytes_spilled": ref_bytes,
+            "port_bytes_spilled": store.nbytes - ref_bytes,
+            "port_calls_kept": run.kept_calls,
+            "sharded_values": run.sharded,
+        }
+        report = Report(
+            layers=[r.layer for r in ev.rows],
+            unmatched=al.unmatched,
+            meta=meta,
+            final=ev.final.layer if ev.final else None,
+            findings=list(env_findings),
+        )
         if diagnose:
             prog.step("diagnosing")
             report.findings += E._diagnose(ev, report)

@@ -67,7 +67,9 @@ def tap(path: str, value: Any, /, *args: Any, **kwargs: Any) -> Any:
     3
     """
     if not isinstance(path, str):
-        raise TapError(f"tap(path, value): path must be a string such as 'encoder.layers.0.fc1', got {type(path).__name__}.")
+        raise TapError(
+            f"tap(path, value): path must be a string such as 'encoder.layers.0.fc1', got {type(path).__name__}."
+        )
     step = callable(value) and not hasattr(value, "shape")
     if not step and (args or kwargs):
         raise TapError(

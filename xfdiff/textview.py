@@ -58,10 +58,16 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
             where = f.torch_path if f.torch_path is not None else f.flax_path
             lines.append(f"  [{f.pitfall}] at {where}: {f.message}")
             ev = f.evidence or {}
-            facts = [f"explains {100 * ev['explained']:.2f}% of the error" if isinstance(ev.get("explained"), float) else ""]
-            facts += [f"{k} = {v:.4g}" for k, v in ev.items()
-                      if (k.startswith(("port_", "recovered", "reference_")) or k in ("rate", "scale", "offset"))
-                      and isinstance(v, (int, float)) and not isinstance(v, bool)][:4]
+            facts = [
+                f"explains {100 * ev['explained']:.2f}% of the error" if isinstance(ev.get("explained"), float) else ""
+            ]
+            facts += [
+                f"{k} = {v:.4g}"
+                for k, v in ev.items()
+                if (k.startswith(("port_", "recovered", "reference_")) or k in ("rate", "scale", "offset"))
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ][:4]
             facts = [x for x in facts if x]
             if facts:
                 lines.append("      evidence: " + ", ".join(facts))
@@ -70,7 +76,9 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
     bad = [lyr for lyr in report.layers if lyr.status != "ok"]
     if bad:
         lines.append("")
-        lines.append(f"  {'status':<14} {'max_abs':>9} {'local':>9}  layer (first {min(max_rows, len(bad))} of {len(bad)})")
+        lines.append(
+            f"  {'status':<14} {'max_abs':>9} {'local':>9}  layer (first {min(max_rows, len(bad))} of {len(bad)})"
+        )
         lines.extend(_row(lyr) for lyr in bad[:max_rows])
     um = report.unmatched
     if um:

@@ -190,8 +190,8 @@ def derived(token: ParamToken | None, what: str, make: Callable[[], Any]) -> Any
 
 
 def _is_float(a: Any) -> bool:
-    return isinstance(a, np.ndarray) and a.dtype.kind in "fc" or (
-        isinstance(a, np.ndarray) and a.dtype.name == "bfloat16"
+    return (
+        isinstance(a, np.ndarray) and a.dtype.kind in "fc" or (isinstance(a, np.ndarray) and a.dtype.name == "bfloat16")
     )
 
 

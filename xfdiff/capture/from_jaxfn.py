@@ -128,12 +128,14 @@ class TapSide:
         trace.params = params_by_path(self.params, trace.param_tokens) if has_params else {}
         for p in trace.params:
             trace.module_types.setdefault(p, "params")
-        trace.meta.update({
-            "model": self.label,
-            "backend": jax.default_backend(),
-            "x64": bool(jax.config.jax_enable_x64),
-            "jax_version": jax.__version__,
-            "jit": self.jit,
-            "capture_mode": self.mode,
-        })
+        trace.meta.update(
+            {
+                "model": self.label,
+                "backend": jax.default_backend(),
+                "x64": bool(jax.config.jax_enable_x64),
+                "jax_version": jax.__version__,
+                "jit": self.jit,
+                "capture_mode": self.mode,
+            }
+        )
         return trace

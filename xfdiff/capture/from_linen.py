@@ -29,8 +29,12 @@ from . import Substitute, leaf_key
 
 _SCALARS = (bool, int, float, str)
 # Errors raised while tracing a model that needs concrete values: run it eagerly instead.
-_NEEDS_CONCRETE = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-                   jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
+_NEEDS_CONCRETE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
 
 
 def key_str(entry: Any) -> str:
@@ -92,8 +96,10 @@ def module_config(mod: Any) -> dict[str, Any]:
             name = function_name(v)
             if name:
                 cfg[f.name] = name
-        elif v is not None and type(v).__name__ in ("dtype", "type") or (
-            isinstance(v, type) and issubclass(v, np.generic)
+        elif (
+            v is not None
+            and type(v).__name__ in ("dtype", "type")
+            or (isinstance(v, type) and issubclass(v, np.generic))
         ):
             cfg[f.name] = np.dtype(v).name
     return cfg
@@ -301,8 +307,14 @@ class LinenSide:
         """
         return self._capture(substitute, False, on_call=on_call)
 
-    def _capture(self, substitute: Substitute | None, jit: bool, record_outputs: bool = True,
-                 on_call: Callable | None = None, shapes_only: bool = False) -> Trace:
+    def _capture(
+        self,
+        substitute: Substitute | None,
+        jit: bool,
+        record_outputs: bool = True,
+        on_call: Callable | None = None,
+        shapes_only: bool = False,
+    ) -> Trace:
         statics: list[tuple] = []
         subst = substitute or {}
         sub_keys = {k: tuple(v) for k, v in subst.items()}

@@ -60,8 +60,9 @@ def _collection(var: nnx.Variable) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(var).__name__).lower() + "."
 
 
-def params_by_module(model: nnx.Module, modules: dict[str, nnx.Module],
-                     tokens: dict | None = None) -> dict[str, dict[str, np.ndarray]]:
+def params_by_module(
+    model: nnx.Module, modules: dict[str, nnx.Module], tokens: dict | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Float arrays each module owns directly (not its children's), by local name (and tokens of JAX arrays)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for parts, node in nnx.iter_graph(model):
@@ -214,13 +215,15 @@ class NnxSide:
             trace.config[path] = module_config(mod)
         rec.fill(trace, returned)
         trace.params = params_by_module(self.model, modules, trace.param_tokens)
-        trace.meta.update({
-            "model": self.describe(),
-            "backend": jax.default_backend(),
-            "x64": bool(jax.config.jax_enable_x64),
-            "matmul_precision": str(jax.config.jax_default_matmul_precision),
-            "jax_version": jax.__version__,
-            "jit": self.jit,
-            "capture_mode": self.mode,
-        })
+        trace.meta.update(
+            {
+                "model": self.describe(),
+                "backend": jax.default_backend(),
+                "x64": bool(jax.config.jax_enable_x64),
+                "matmul_precision": str(jax.config.jax_default_matmul_precision),
+                "jax_version": jax.__version__,
+                "jit": self.jit,
+                "capture_mode": self.mode,
+            }
+        )
         return trace

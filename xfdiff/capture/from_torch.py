@@ -202,8 +202,7 @@ class TorchSide:
     def describe(self) -> str:
         return type(self.model).__name__
 
-    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True,
-                sink: Any = None) -> Trace:
+    def capture(self, substitute: Substitute | None = None, record_outputs: bool = True, sink: Any = None) -> Trace:
         """Run the model once with hooks on every module.
 
         Args:
@@ -219,8 +218,7 @@ class TorchSide:
             trace.config[path] = module_config(mod)
             own = _own_tensors(mod)
             if own:
-                trace.params[path] = {n: param_view(t) if n in mod._parameters else to_numpy(t)
-                                      for n, t in own.items()}
+                trace.params[path] = {n: param_view(t) if n in mod._parameters else to_numpy(t) for n, t in own.items()}
                 tokens = {n: tensor_token(t) for n, t in own.items()}
                 trace.param_tokens[path] = {n: tok for n, tok in tokens.items() if tok is not None}
         counters: dict[str, int] = {}

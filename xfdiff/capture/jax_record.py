@@ -114,8 +114,18 @@ class Recorder:
         self.token: Any = None  # which capture an NNX module's path tag belongs to
 
     # --- at call time ----------------------------------------------------------------
-    def call(self, path: str, typ: str, cfg: dict, fn: Callable, args: tuple, kwargs: dict,
-             skip=None, owner: Any = None, method: str = "__call__") -> Any:
+    def call(
+        self,
+        path: str,
+        typ: str,
+        cfg: dict,
+        fn: Callable,
+        args: tuple,
+        kwargs: dict,
+        skip=None,
+        owner: Any = None,
+        method: str = "__call__",
+    ) -> Any:
         """Run ``fn(*args, **kwargs)`` as the call ``path``: force inputs, record both sides."""
         idx = self._next(path)
         keys = self.sub_keys.get((path, idx))
@@ -178,8 +188,7 @@ class Recorder:
                 raise Escaped(static[0])
             self.values.append((entry, ins, outs, raw))
             return
-        jax.debug.callback(functools.partial(self._on_host, entry), ins, outs, raw,
-                           ordered=self.mode == CALLBACK)
+        jax.debug.callback(functools.partial(self._on_host, entry), ins, outs, raw, ordered=self.mode == CALLBACK)
 
     def _on_host(self, entry: int, ins, outs, raw) -> None:
         """Runs when the call actually executed: its call index counts executions, not traces."""
@@ -260,8 +269,15 @@ def fresh_traces():
     return set_xla_metadata(xfdiff_capture=str(next(_runs)))
 
 
-def run_once(body: Callable, tree: Any, substitute: Substitute | None, record_outputs: bool, jit: bool,
-             mode: str, setup: Callable[[Recorder], None] | None = None) -> tuple[Recorder, list]:
+def run_once(
+    body: Callable,
+    tree: Any,
+    substitute: Substitute | None,
+    record_outputs: bool,
+    jit: bool,
+    mode: str,
+    setup: Callable[[Recorder], None] | None = None,
+) -> tuple[Recorder, list]:
     """Run ``body(tree, recorder)`` once (under ``jax.jit`` when ``jit``) and return what was recorded.
 
     ``tree`` holds every array the forward needs (parameters, inputs); under
@@ -316,7 +332,9 @@ def run_with_fallbacks(attempt: Callable[[bool, str], tuple], jit: bool, mode: s
             if mode == CALLBACK and "ordered" in str(e).lower():
                 warnings.warn(
                     "xfdiff: this model's transforms refuse ordered host callbacks; calls are recorded "
-                    "in the order they ran, which may not be completion order.", stacklevel=4)
+                    "in the order they ran, which may not be completion order.",
+                    stacklevel=4,
+                )
                 mode = UNORDERED
             else:
                 raise

@@ -96,8 +96,13 @@ def create_app(report: Report | str | os.PathLike, title: str | None = None):
 
     report = load_any(report)
     fd = report.first_divergence
-    app = Dash(__name__, title=title or f"xfdiff · {fd.label if fd else 'no divergence'}",
-               update_title=None, assets_folder=_ASSETS, assets_ignore=".*")
+    app = Dash(
+        __name__,
+        title=title or f"xfdiff · {fd.label if fd else 'no divergence'}",
+        update_title=None,
+        assets_folder=_ASSETS,
+        assets_ignore=".*",
+    )
     app.index_string = _INDEX % (css(), f"assets/{PLOTLY_BUNDLE}")
     selected = fd.order if fd is not None else (0 if report.layers else None)
     app.layout = build_layout(report, selected)
@@ -126,8 +131,14 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", port: int = 8050,
-          open_browser: bool = False, debug: bool = False, **run_kwargs: Any):
+def serve(
+    report_or_path: Report | str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    open_browser: bool = False,
+    debug: bool = False,
+    **run_kwargs: Any,
+):
     """Serve the dashboard until interrupted (Ctrl-C).
 
     Args:
@@ -149,12 +160,17 @@ def serve(report_or_path: Report | str | os.PathLike, host: str = "127.0.0.1", p
     if not 0 < int(port) < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {port}.")
     if not port_free(host, port):
-        raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
-                          f"Pick another port, e.g. port={port + 1} (--port {port + 1}).")
+        raise ConfigError(
+            f"cannot listen on {host}:{port} (in use, or not an address of this machine). "
+            f"Pick another port, e.g. port={port + 1} (--port {port + 1})."
+        )
     app = create_app(report_or_path)
     if not _is_loopback(host):
-        warnings.warn(f"xfdiff: the dashboard binds {host}, so other machines can reach it. "
-                      "Use host='127.0.0.1' to keep it local.", stacklevel=2)
+        warnings.warn(
+            f"xfdiff: the dashboard binds {host}, so other machines can reach it. "
+            "Use host='127.0.0.1' to keep it local.",
+            stacklevel=2,
+        )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()

@@ -10,8 +10,16 @@ from . import ids
 from . import tables as T
 from .layout import detail_parts, grid_rows
 
-DETAIL_OUTPUTS = (ids.DETAIL_TITLE, ids.FACTS, ids.DETAIL_FINDINGS, ids.WORST,
-                  ids.FIG_HIST, ids.FIG_HEATMAP, ids.FIG_PROFILE, ids.FIG_SCATTER)
+DETAIL_OUTPUTS = (
+    ids.DETAIL_TITLE,
+    ids.FACTS,
+    ids.DETAIL_FINDINGS,
+    ids.WORST,
+    ids.FIG_HIST,
+    ids.FIG_HEATMAP,
+    ids.FIG_PROFILE,
+    ids.FIG_SCATTER,
+)
 
 
 def selection_from(report: Report, trigger, cell, click, current):
@@ -94,14 +102,23 @@ def register(app: Dash, report: Report) -> None:
         scroll = no_update if trigger == ids.GRID else {"rowId": str(order)}
         return [order, str(order), scroll, depth_marks(report, order), *detail]
 
-    @app.callback(Output(ids.GRID, "rows"), Output(ids.ROW_COUNT, "children"),
-                  Input(ids.STATUS_FILTER, "value"), Input(ids.OWN_ONLY, "value"), Input(ids.SEARCH, "value"),
-                  prevent_initial_call=True)
+    @app.callback(
+        Output(ids.GRID, "rows"),
+        Output(ids.ROW_COUNT, "children"),
+        Input(ids.STATUS_FILTER, "value"),
+        Input(ids.OWN_ONLY, "value"),
+        Input(ids.SEARCH, "value"),
+        prevent_initial_call=True,
+    )
     def _filter(statuses, own_only, search):
         return table_values(rows, statuses, own_only, search)
 
-    @app.callback(Output(ids.DOWNLOAD, "data"), Input(ids.DOWNLOAD_XFD, "n_clicks"),
-                  Input(ids.DOWNLOAD_HTML, "n_clicks"), prevent_initial_call=True)
+    @app.callback(
+        Output(ids.DOWNLOAD, "data"),
+        Input(ids.DOWNLOAD_XFD, "n_clicks"),
+        Input(ids.DOWNLOAD_HTML, "n_clicks"),
+        prevent_initial_call=True,
+    )
     def _download(_xfd, _html):
         return download_payload(report, ctx.triggered_id)
 

@@ -36,10 +36,21 @@ TOL_COLOR = "#2b8a3e"
 SELECT_COLOR = "#1c7ed6"
 GRID = "#eceff4"
 # Matplotlib's "inferno" at ten stops (plotly.js knows no colour scale by that name).
-INFERNO = [[i / 9, c] for i, c in enumerate(
-    ("#000004", "#1b0c41", "#4a0c6b", "#781c6d", "#a52c60", "#cf4446", "#ed6925", "#fb9b06", "#f7d13d", "#fcffa4"))]
-AXIS = {"gridcolor": GRID, "linecolor": "#ced4da", "zerolinecolor": "#dee2e6", "ticks": "outside",
-        "tickcolor": "#ced4da", "automargin": True, "title": {"font": {"size": 12}}}
+INFERNO = [
+    [i / 9, c]
+    for i, c in enumerate(
+        ("#000004", "#1b0c41", "#4a0c6b", "#781c6d", "#a52c60", "#cf4446", "#ed6925", "#fb9b06", "#f7d13d", "#fcffa4")
+    )
+]
+AXIS = {
+    "gridcolor": GRID,
+    "linecolor": "#ced4da",
+    "zerolinecolor": "#dee2e6",
+    "ticks": "outside",
+    "tickcolor": "#ced4da",
+    "automargin": True,
+    "title": {"font": {"size": 12}},
+}
 
 
 def esc(text: object) -> str:
@@ -114,10 +125,26 @@ def _f32(a) -> np.ndarray:
 
 def empty_figure(message: str, height: int = 300) -> dict:
     """A blank figure that says why there is nothing to draw."""
-    return {"data": [], "layout": _layout("", height, xaxis={"visible": False}, yaxis={"visible": False},
-                                         annotations=[{"text": esc(message), "showarrow": False, "x": 0.5, "y": 0.5,
-                                                       "xref": "paper", "yref": "paper",
-                                                       "font": {"color": "#777", "size": 13}}])}
+    return {
+        "data": [],
+        "layout": _layout(
+            "",
+            height,
+            xaxis={"visible": False},
+            yaxis={"visible": False},
+            annotations=[
+                {
+                    "text": esc(message),
+                    "showarrow": False,
+                    "x": 0.5,
+                    "y": 0.5,
+                    "xref": "paper",
+                    "yref": "paper",
+                    "font": {"color": "#777", "size": 13},
+                }
+            ],
+        ),
+    }
 
 
 def tolerance_of(report: Report) -> float:
@@ -141,18 +168,39 @@ def _on_log(values: list[float | None], floor: float) -> list[float | None]:
 
 
 def _hline(y: float, color: str, xref: str = "paper", yref: str = "y", dash: str = "dash") -> dict:
-    return {"type": "line", "xref": xref, "x0": 0, "x1": 1, "yref": yref, "y0": y, "y1": y,
-            "line": {"color": color, "dash": dash, "width": 1.2}}
+    return {
+        "type": "line",
+        "xref": xref,
+        "x0": 0,
+        "x1": 1,
+        "yref": yref,
+        "y0": y,
+        "y1": y,
+        "line": {"color": color, "dash": dash, "width": 1.2},
+    }
 
 
 def _vline(x: float, color: str, dash: str = "dot") -> dict:
-    return {"type": "line", "xref": "x", "x0": x, "x1": x, "yref": "paper", "y0": 0, "y1": 1,
-            "line": {"color": color, "dash": dash, "width": 1.5}}
+    return {
+        "type": "line",
+        "xref": "x",
+        "x0": x,
+        "x1": x,
+        "yref": "paper",
+        "y0": 0,
+        "y1": 1,
+        "line": {"color": color, "dash": dash, "width": 1.5},
+    }
 
 
 def _note(text: str, color: str, **pos) -> dict:
-    return {"text": text, "showarrow": False, "font": {"color": color, "size": 11},
-            "bgcolor": "rgba(255,255,255,0.85)", **pos}
+    return {
+        "text": text,
+        "showarrow": False,
+        "font": {"color": color, "size": 11},
+        "bgcolor": "rgba(255,255,255,0.85)",
+        **pos,
+    }
 
 
 def depth_figure(report: Report, selected: int | None = None, height: int = 340) -> dict:
@@ -183,17 +231,31 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
         f"<br>propagated {sci(lyr.max_abs)} · own {sci(lyr.local_max_abs)}<br>status: {esc(lyr.status)}"
         for lyr in layers
     ]
-    data = [{
-        # Markers on the line only while they can be told apart; hover and click still
-        # work on the line's vertices, and a thousand fewer SVG paths draw faster.
-        "type": "scatter", "x": x, "y": _on_log(prop, floor), "mode": "lines+markers" if len(x) <= 300 else "lines",
-        "name": "propagated (whole model up to here)", "line": {"color": PROPAGATED_COLOR, "width": 1.5},
-        "marker": {"size": 5}, "customdata": x, "hovertext": hover, "hoverinfo": "text",
-    }]
+    data = [
+        {
+            # Markers on the line only while they can be told apart; hover and click still
+            # work on the line's vertices, and a thousand fewer SVG paths draw faster.
+            "type": "scatter",
+            "x": x,
+            "y": _on_log(prop, floor),
+            "mode": "lines+markers" if len(x) <= 300 else "lines",
+            "name": "propagated (whole model up to here)",
+            "line": {"color": PROPAGATED_COLOR, "width": 1.5},
+            "marker": {"size": 5},
+            "customdata": x,
+            "hovertext": hover,
+            "hoverinfo": "text",
+        }
+    ]
     data += _own_traces(layers, floor, x, hover)
     shapes, notes = _depth_marks(report, selected, atol, floor)
     layout = _layout(
-        "Error vs depth", height, showlegend=True, hovermode="closest", shapes=shapes, annotations=notes,
+        "Error vs depth",
+        height,
+        showlegend=True,
+        hovermode="closest",
+        shapes=shapes,
+        annotations=notes,
         margin=dict(LOG_Y_MARGIN),
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"},
         xaxis=_axis(title="call (execution order)", zeroline=False),
@@ -207,8 +269,15 @@ def _depth_marks(report: Report, selected: int | None, atol: float, floor: float
     layers = report.layers
     shapes = [_hline(atol, TOL_COLOR)]
     notes = [
-        _note(f"tolerance atol {atol:g}", TOL_COLOR, x=0, xref="paper", xanchor="left",
-              y=math.log10(atol), yanchor="bottom"),
+        _note(
+            f"tolerance atol {atol:g}",
+            TOL_COLOR,
+            x=0,
+            xref="paper",
+            xanchor="left",
+            y=math.log10(atol),
+            yanchor="bottom",
+        ),
         _note("exact (0)", "#999", x=1, xref="paper", xanchor="right", y=math.log10(floor), yanchor="bottom"),
     ]
     marks = [(report.first_divergence, "first divergence", STATUS_COLORS["diverged"])]
@@ -217,8 +286,18 @@ def _depth_marks(report: Report, selected: int | None, atol: float, floor: float
     for k, (lyr, what, color) in enumerate(marks):
         if lyr is not None:
             shapes.append(_vline(lyr.order, color))
-            notes.append(_note(f"{what}: <b>{esc(lyr.label)}</b>", color, x=lyr.order, y=0.98 - 0.1 * k,
-                               yref="paper", yanchor="top", xanchor="left", xshift=4))
+            notes.append(
+                _note(
+                    f"{what}: <b>{esc(lyr.label)}</b>",
+                    color,
+                    x=lyr.order,
+                    y=0.98 - 0.1 * k,
+                    yref="paper",
+                    yanchor="top",
+                    xanchor="left",
+                    xshift=4,
+                )
+            )
     return shapes, notes
 
 
@@ -243,13 +322,20 @@ def _own_traces(layers: list[LayerDiff], floor: float, x: list[int], hover: list
         if not idx:
             continue
         name, color, size = styles[key]
-        out.append({
-            "type": "scatter", "x": [x[i] for i in idx], "mode": "markers", "name": name,
-            "y": [floor if layers[i].local_max_abs <= 0 else layers[i].local_max_abs for i in idx],
-            "marker": {"color": color, "size": size, "symbol": "diamond", "line": {"width": 0.5, "color": "white"}},
-            "customdata": [x[i] for i in idx], "hovertext": [hover[i] for i in idx], "hoverinfo": "text",
-            "showlegend": key != "exact",
-        })
+        out.append(
+            {
+                "type": "scatter",
+                "x": [x[i] for i in idx],
+                "mode": "markers",
+                "name": name,
+                "y": [floor if layers[i].local_max_abs <= 0 else layers[i].local_max_abs for i in idx],
+                "marker": {"color": color, "size": size, "symbol": "diamond", "line": {"width": 0.5, "color": "white"}},
+                "customdata": [x[i] for i in idx],
+                "hovertext": [hover[i] for i in idx],
+                "hoverinfo": "text",
+                "showlegend": key != "exact",
+            }
+        )
     return out
 
 
@@ -268,8 +354,11 @@ def histogram_figure(lyr: LayerDiff, which: str = "local", height: int = 280) ->
         return empty_figure(msg, height)
     edges = np.asarray(d["hist_edges"], dtype=float)
     bar = {
-        "type": "bar", "x": _f32((edges[:-1] + edges[1:]) / 2), "y": np.asarray(d["hist_counts"], dtype=np.int32),
-        "width": float(edges[1] - edges[0]), "marker": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR},
+        "type": "bar",
+        "x": _f32((edges[:-1] + edges[1:]) / 2),
+        "y": np.asarray(d["hist_counts"], dtype=np.int32),
+        "width": float(edges[1] - edges[0]),
+        "marker": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR},
         "customdata": _f32(np.stack([10 ** edges[:-1], 10 ** edges[1:]], axis=1)),
         "hovertemplate": "|error| %{customdata[0]:.1e} – %{customdata[1]:.1e}<br>%{y} elements<extra></extra>",
     }
@@ -278,11 +367,18 @@ def histogram_figure(lyr: LayerDiff, which: str = "local", height: int = 280) ->
         shapes.append(_vline(math.log10(lyr.atol), TOL_COLOR, dash="dash"))
         notes.append(_note("atol", TOL_COLOR, x=math.log10(lyr.atol), y=1, yref="paper", yanchor="bottom"))
     extra = f", {n_exact} exact" if n_exact else ""
-    layout = _layout(f"Error distribution ({kind}{extra})", height, bargap=0.05, shapes=shapes, annotations=notes,
-                     margin={**MARGIN, "l": 70, "r": 30},  # counts up to "100k"; the last decade's label
-                     xaxis=_axis(title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1], most=5),
-                                tickangle=0),  # at most five labels, upright: they fit a narrow plot
-                     yaxis=_axis(title="elements"))
+    layout = _layout(
+        f"Error distribution ({kind}{extra})",
+        height,
+        bargap=0.05,
+        shapes=shapes,
+        annotations=notes,
+        margin={**MARGIN, "l": 70, "r": 30},  # counts up to "100k"; the last decade's label
+        xaxis=_axis(
+            title="|port − ref| (log10 bins)", **_decade_ticks(edges[0], edges[-1], most=5), tickangle=0
+        ),  # at most five labels, upright: they fit a narrow plot
+        yaxis=_axis(title="elements"),
+    )
     return {"data": [bar], "layout": layout}
 
 
@@ -307,16 +403,22 @@ def heatmap_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> d
     n_pos = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     n_ch = shape[-1] if shape else hm.shape[1]
     trace = {
-        "type": "heatmap", "z": _f32(z), "zmin": lo, "zmax": hi, "colorscale": INFERNO,
-        "colorbar": {"title": {"text": "|err|", "side": "right"}, "thickness": 12, "xpad": 4,
-                     **_decade_ticks(lo, hi)},
+        "type": "heatmap",
+        "z": _f32(z),
+        "zmin": lo,
+        "zmax": hi,
+        "colorscale": INFERNO,
+        "colorbar": {"title": {"text": "|err|", "side": "right"}, "thickness": 12, "xpad": 4, **_decade_ticks(lo, hi)},
         "hovertemplate": "position bin %{y}, channel bin %{x}<br>log10 max |error| %{z:.2f}<extra></extra>",
     }
     pooled = " (max-pooled)" if hm.shape != (n_pos, n_ch) else ""
-    layout = _layout(f"Where the error is ({kind}, shape {shape})", height,
-                     margin={**MARGIN, "r": 92},  # the colour bar, with labels down to "1e-10"
-                     xaxis=_axis(title=f"channels: last axis, {n_ch}{pooled}", showgrid=False),
-                     yaxis=_axis(title=f"positions: {n_pos}", autorange="reversed", showgrid=False))
+    layout = _layout(
+        f"Where the error is ({kind}, shape {shape})",
+        height,
+        margin={**MARGIN, "r": 92},  # the colour bar, with labels down to "1e-10"
+        xaxis=_axis(title=f"channels: last axis, {n_ch}{pooled}", showgrid=False),
+        yaxis=_axis(title=f"positions: {n_pos}", autorange="reversed", showgrid=False),
+    )
     return {"data": [trace], "layout": layout}
 
 
@@ -330,15 +432,22 @@ def profile_figure(lyr: LayerDiff, which: str = "local", height: int = 250) -> d
     floor = _floor(prof.tolist(), atol)
     y = np.where(np.isfinite(prof), np.maximum(prof, floor), np.nan)
     trace = {
-        "type": "scatter", "y": _f32(y), "mode": "lines",  # x defaults to the channel index
-        "fill": "tozeroy", "line": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "width": 1.2},
+        "type": "scatter",
+        "y": _f32(y),
+        "mode": "lines",  # x defaults to the channel index
+        "fill": "tozeroy",
+        "line": {"color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "width": 1.2},
         "hovertemplate": "channel %{x}<br>max |error| %{y:.2e}<extra></extra>",
     }
     pooled = " (max-pooled)" if prof.size == 256 else ""
-    layout = _layout(f"Per-channel max error ({kind})", height, shapes=[_hline(atol, TOL_COLOR)],
-                     margin=dict(LOG_Y_MARGIN),
-                     xaxis=_axis(title="channel (last axis)" + pooled),
-                     yaxis=_axis(title="max |error|", type="log", exponentformat="power", dtick=1))
+    layout = _layout(
+        f"Per-channel max error ({kind})",
+        height,
+        shapes=[_hline(atol, TOL_COLOR)],
+        margin=dict(LOG_Y_MARGIN),
+        xaxis=_axis(title="channel (last axis)" + pooled),
+        yaxis=_axis(title="max |error|", type="log", exponentformat="power", dtick=1),
+    )
     return {"data": [trace], "layout": layout}
 
 
@@ -351,32 +460,77 @@ def scatter_figure(lyr: LayerDiff, which: str = "local", height: int = 300) -> d
     p = np.asarray(d["scatter_port"], dtype=float)
     marker = {"size": 4, "color": LOCAL_COLOR if kind == "local" else PROPAGATED_COLOR, "opacity": 0.75}
     data = [
-        {"type": "scatter", "x": _f32(r), "y": _f32(p), "mode": "markers", "marker": marker,
-         "hovertemplate": "ref %{x:.5g}<br>port %{y:.5g}<extra></extra>"},
-        {"type": "scatter", "x": _f32(r), "y": _f32(p - r), "mode": "markers", "marker": marker,
-         "xaxis": "x2", "yaxis": "y2", "hovertemplate": "ref %{x:.5g}<br>port − ref %{y:.2e}<extra></extra>"},
+        {
+            "type": "scatter",
+            "x": _f32(r),
+            "y": _f32(p),
+            "mode": "markers",
+            "marker": marker,
+            "hovertemplate": "ref %{x:.5g}<br>port %{y:.5g}<extra></extra>",
+        },
+        {
+            "type": "scatter",
+            "x": _f32(r),
+            "y": _f32(p - r),
+            "mode": "markers",
+            "marker": marker,
+            "xaxis": "x2",
+            "yaxis": "y2",
+            "hovertemplate": "ref %{x:.5g}<br>port − ref %{y:.2e}<extra></extra>",
+        },
     ]
     finite = np.isfinite(r)
     if finite.any():
         lo, hi = float(r[finite].min()), float(r[finite].max())
-        data.append({"type": "scatter", "x": [lo, hi], "y": [lo, hi], "mode": "lines", "hoverinfo": "skip",
-                     "line": {"color": "#adb5bd", "dash": "dot", "width": 1}})
+        data.append(
+            {
+                "type": "scatter",
+                "x": [lo, hi],
+                "y": [lo, hi],
+                "mode": "lines",
+                "hoverinfo": "skip",
+                "line": {"color": "#adb5bd", "dash": "dot", "width": 1},
+            }
+        )
         grid = np.linspace(lo, hi, 41)
         atol = lyr.atol if lyr.atol == lyr.atol else 0.0
         band = atol + (lyr.rtol if lyr.rtol == lyr.rtol else 0.0) * np.abs(grid)
         for sign in (1, -1):
-            data.append({"type": "scatter", "x": _f32(grid), "y": _f32(sign * band), "mode": "lines",
-                         "xaxis": "x2", "yaxis": "y2", "hoverinfo": "skip",
-                         "line": {"color": TOL_COLOR, "dash": "dash", "width": 1}})
-    heads = [{"text": t, "x": x, "xref": "paper", "y": 1.0, "yref": "paper", "yanchor": "bottom",
-              "showarrow": False, "font": {"size": 12}} for t, x in
-             (("port vs reference", 0.2), ("port − reference vs reference", 0.8))]
-    layout = _layout(f"Sampled elements ({kind}, {r.size} points; tolerance band dashed)", height,
-                     annotations=heads, margin={"l": 60, "r": 20, "t": 60, "b": 48},
-                     xaxis=_axis(title="reference value", domain=[0, 0.42]),
-                     yaxis=_axis(title="port value"),
-                     xaxis2=_axis(title="reference value", domain=[0.58, 1], anchor="y2"),
-                     yaxis2=_axis(title="port − ref", anchor="x2", exponentformat="power"))
+            data.append(
+                {
+                    "type": "scatter",
+                    "x": _f32(grid),
+                    "y": _f32(sign * band),
+                    "mode": "lines",
+                    "xaxis": "x2",
+                    "yaxis": "y2",
+                    "hoverinfo": "skip",
+                    "line": {"color": TOL_COLOR, "dash": "dash", "width": 1},
+                }
+            )
+    heads = [
+        {
+            "text": t,
+            "x": x,
+            "xref": "paper",
+            "y": 1.0,
+            "yref": "paper",
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"size": 12},
+        }
+        for t, x in (("port vs reference", 0.2), ("port − reference vs reference", 0.8))
+    ]
+    layout = _layout(
+        f"Sampled elements ({kind}, {r.size} points; tolerance band dashed)",
+        height,
+        annotations=heads,
+        margin={"l": 60, "r": 20, "t": 60, "b": 48},
+        xaxis=_axis(title="reference value", domain=[0, 0.42]),
+        yaxis=_axis(title="port value"),
+        xaxis2=_axis(title="reference value", domain=[0.58, 1], anchor="y2"),
+        yaxis2=_axis(title="port − ref", anchor="x2", exponentformat="power"),
+    )
     return {"data": data, "layout": layout}
 
 

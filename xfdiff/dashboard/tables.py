@@ -30,18 +30,28 @@ def verdict(report: Report) -> Verdict:
     """What the report says, in one headline and one sentence."""
     fd = report.first_divergence
     final = report.final
-    final_txt = (f"Final output: {final.status}, max |error| {sci(final.max_abs)}, rel L2 {sci(final.rel_l2)}."
-                 if final is not None else "")
+    final_txt = (
+        f"Final output: {final.status}, max |error| {sci(final.max_abs)}, rel L2 {sci(final.rel_l2)}."
+        if final is not None
+        else ""
+    )
     if fd is not None:
         own = fd.local_max_abs if fd.local_max_abs is not None else fd.max_abs
         kind = "own (teacher-forced)" if fd.local_max_abs is not None else "propagated"
         at_fd = findings_for(report, fd)
-        return Verdict("diverged", f"First divergence: {fd.label}",
-                       f"{fd.torch_type or '?'} / {fd.flax_type or '?'} adds {sci(own)} {kind} max |error| "
-                       f"by itself. {final_txt}".strip(), at_fd[0] if at_fd else None)
+        return Verdict(
+            "diverged",
+            f"First divergence: {fd.label}",
+            f"{fd.torch_type or '?'} / {fd.flax_type or '?'} adds {sci(own)} {kind} max |error| "
+            f"by itself. {final_txt}".strip(),
+            at_fd[0] if at_fd else None,
+        )
     if report.diverged:
-        return Verdict("outside", "Outputs differ, but no aligned layer adds the error by itself",
-                       f"The difference comes from code outside the aligned modules. {final_txt}".strip())
+        return Verdict(
+            "outside",
+            "Outputs differ, but no aligned layer adds the error by itself",
+            f"The difference comes from code outside the aligned modules. {final_txt}".strip(),
+        )
     return Verdict("ok", "No divergence: every aligned layer is within tolerance", final_txt)
 
 
@@ -115,8 +125,9 @@ def layer_rows(report: Report) -> list[dict]:
     return [layer_row(lyr) for lyr in report.layers]
 
 
-def filter_rows(rows: list[dict], statuses: list[str] | None = None, search: str = "",
-                own_only: bool = False) -> list[dict]:
+def filter_rows(
+    rows: list[dict], statuses: list[str] | None = None, search: str = "", own_only: bool = False
+) -> list[dict]:
     """Rows whose status is in ``statuses`` and whose names contain ``search`` (case-insensitive)."""
     q = search.strip().lower()
     out = []
@@ -125,8 +136,9 @@ def filter_rows(rows: list[dict], statuses: list[str] | None = None, search: str
             continue
         if own_only and r["own"] in ("ok", "—"):
             continue
-        if q and not any(q in str(r[k] or "").lower() for k in ("layer", "torch_path", "flax_path",
-                                                                   "torch_type", "flax_type")):
+        if q and not any(
+            q in str(r[k] or "").lower() for k in ("layer", "torch_path", "flax_path", "torch_type", "flax_type")
+        ):
             continue
         out.append(r)
     return out
@@ -148,8 +160,12 @@ def layer_facts(lyr: LayerDiff) -> list[tuple[str, str]]:
         ("max |error|", f"{sci(lyr.max_abs)} propagated / {sci(lyr.local_max_abs)} own"),
         ("mean |error|", f"{sci(lyr.mean_abs)} propagated / {sci(lyr.local_mean_abs)} own"),
         ("rel L2 · cosine", f"{sci(lyr.rel_l2)} · {lyr.cosine:.8f}" if lyr.cosine == lyr.cosine else sci(lyr.rel_l2)),
-        ("atol needed to pass", f"{sci(lyr.tol_needed)} propagated / {sci(lyr.local_tol_needed)} own"
-                                f" (rtol {lyr.rtol:g})" if lyr.rtol == lyr.rtol else sci(lyr.tol_needed)),
+        (
+            "atol needed to pass",
+            f"{sci(lyr.tol_needed)} propagated / {sci(lyr.local_tol_needed)} own (rtol {lyr.rtol:g})"
+            if lyr.rtol == lyr.rtol
+            else sci(lyr.tol_needed),
+        ),
         ("elements outside", f"{lyr.frac_outside:.2%}" if lyr.frac_outside == lyr.frac_outside else "—"),
         ("input error (forced run)", sci(lyr.input_max_abs)),
     ]
@@ -189,10 +205,13 @@ def findings_for(report: Report, lyr: LayerDiff | None) -> list[Finding]:
     if lyr is None:
         return []
     return [
-        f for f in report.findings
-        if f.call_index == lyr.call_index and (
+        f
+        for f in report.findings
+        if f.call_index == lyr.call_index
+        and (
             (f.torch_path is not None and f.torch_path == lyr.torch_path)
-            or (f.flax_path is not None and f.flax_path == lyr.flax_path))
+            or (f.flax_path is not None and f.flax_path == lyr.flax_path)
+        )
     ]
 
 
@@ -228,9 +247,14 @@ def layer_by_order(report: Report, order: int | None) -> LayerDiff | None:
 def unmatched_rows(report: Report, side: str) -> list[dict]:
     """Modules present on ``side`` only (``"torch"`` or ``"flax"``), with the reason."""
     return [
-        {"path": u.path or "(root)", "type": u.module_type, "params": "yes" if u.has_params else "no",
-         "reason": u.reason}
-        for u in report.unmatched if (u.side == "torch") == (side == "torch")
+        {
+            "path": u.path or "(root)",
+            "type": u.module_type,
+            "params": "yes" if u.has_params else "no",
+            "reason": u.reason,
+        }
+        for u in report.unmatched
+        if (u.side == "torch") == (side == "torch")
     ]
 
 

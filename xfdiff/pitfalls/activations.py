@@ -21,10 +21,16 @@ from .sites import Site, numbers, same_shape_sources
 
 GELU_NAMES = {"erf": "exact (erf)", "tanh": "tanh-approximate", "sigmoid": "sigmoid (x·σ(1.702x))"}
 GELU_FIX = {
-    "flax": {"erf": "nn.gelu(x, approximate=False)", "tanh": "nn.gelu(x, approximate=True)",
-             "sigmoid": "x * nn.sigmoid(1.702 * x)"},
-    "torch": {"erf": "nn.GELU()  # approximate='none'", "tanh": "nn.GELU(approximate='tanh')",
-              "sigmoid": "x * torch.sigmoid(1.702 * x)"},
+    "flax": {
+        "erf": "nn.gelu(x, approximate=False)",
+        "tanh": "nn.gelu(x, approximate=True)",
+        "sigmoid": "x * nn.sigmoid(1.702 * x)",
+    },
+    "torch": {
+        "erf": "nn.GELU()  # approximate='none'",
+        "tanh": "nn.GELU(approximate='tanh')",
+        "sigmoid": "x * torch.sigmoid(1.702 * x)",
+    },
 }
 
 
@@ -54,10 +60,15 @@ def detect_gelu(site: Site):
         if v_port == v_ref or not site.confirmed(eh, control):
             continue
         ev = numbers(site, eh, control)
-        ev.update({"reference_variant": v_ref, "port_variant": v_port, "runner_up": runner,
-                   "peak_error_at": float(f64(xr).ravel()[np.argmax(np.abs(site.y_port - site.y_ref).ravel())])})
-        msg = (f"The port applies the {GELU_NAMES[v_port]} GELU where the reference uses the "
-               f"{GELU_NAMES[v_ref]} one.")
+        ev.update(
+            {
+                "reference_variant": v_ref,
+                "port_variant": v_port,
+                "runner_up": runner,
+                "peak_error_at": float(f64(xr).ravel()[np.argmax(np.abs(site.y_port - site.y_ref).ravel())]),
+            }
+        )
+        msg = f"The port applies the {GELU_NAMES[v_port]} GELU where the reference uses the {GELU_NAMES[v_ref]} one."
         return site.finding("gelu_approximate", msg, ev, {s: GELU_FIX[s][v_ref] for s in GELU_FIX})
     return None
 
@@ -86,7 +97,9 @@ def detect_leaky_slope(site: Site):
         ev = numbers(site, eh, control)
         ev.update({"reference_slope": s_ref, "port_slope": s_port})
         msg = f"The port's LeakyReLU slope is {s_port:.4g} where the reference uses {s_ref:.4g}."
-        fix = {"flax": f"nn.leaky_relu(x, negative_slope={s_ref:.4g})",
-               "torch": f"nn.LeakyReLU(negative_slope={s_ref:.4g})"}
+        fix = {
+            "flax": f"nn.leaky_relu(x, negative_slope={s_ref:.4g})",
+            "torch": f"nn.LeakyReLU(negative_slope={s_ref:.4g})",
+        }
         return site.finding("activation_constant", msg, ev, fix)
     return None

@@ -61,10 +61,17 @@ class AttnSite:
                 if last in names:
                     setattr(self, attr, s)
         # Integer position inputs (HF ``position_ids``, ``cache_position``) look like masks but are not.
-        self.mask = next((s.ref for s in site.sources if s.name.startswith("input:") and _mask_like(s.ref)
-                          and "position" not in s.name.lower()), None)
-        self.base = next((float(site.ref_cfg[k]) for k in BASE_KEYS if isinstance(site.ref_cfg.get(k), (int, float))),
-                         10000.0)
+        self.mask = next(
+            (
+                s.ref
+                for s in site.sources
+                if s.name.startswith("input:") and _mask_like(s.ref) and "position" not in s.name.lower()
+            ),
+            None,
+        )
+        self.base = next(
+            (float(site.ref_cfg[k]) for k in BASE_KEYS if isinstance(site.ref_cfg.get(k), (int, float))), 10000.0
+        )
 
     def ok(self) -> bool:
         if self.q is None or self.k is None or self.v is None:
@@ -102,9 +109,19 @@ class AttnSite:
 
     def run(self, cfg: AttnConfig, side: str) -> np.ndarray:
         q, k, v = ((s.ref if side == "ref" else s.port) for s in (self.q, self.k, self.v))
-        return attention(self.flat(q), self.flat(k), self.flat(v), heads=cfg.heads, kv_heads=cfg.kv_heads,
-                         rope_layout=cfg.rope, rope_base=self.base, allowed=self.allowed(cfg), scale=cfg.scale,
-                         kv_map=cfg.kv_map, empty_rows=cfg.empty_rows)
+        return attention(
+            self.flat(q),
+            self.flat(k),
+            self.flat(v),
+            heads=cfg.heads,
+            kv_heads=cfg.kv_heads,
+            rope_layout=cfg.rope,
+            rope_base=self.base,
+            allowed=self.allowed(cfg),
+            scale=cfg.scale,
+            kv_map=cfg.kv_map,
+            empty_rows=cfg.empty_rows,
+        )
 
     def polarities(self) -> tuple[str, ...]:
         if self.mask is None:
@@ -186,8 +203,12 @@ def port_variants(a: AttnSite, c: AttnConfig) -> list[tuple[str, AttnConfig]]:
     return out
 
 
-@register("attention", ids=("rope_layout", "gqa_mapping", "mask_fill", "inverted_mask", "attention_scale"),
-          kinds=("segment",), stage=0)
+@register(
+    "attention",
+    ids=("rope_layout", "gqa_mapping", "mask_fill", "inverted_mask", "attention_scale"),
+    kinds=("segment",),
+    stage=0,
+)
 def detect_attention(site: Site):
     """Attention configuration search: reference first (control), then the port."""
     a = AttnSite(site)
@@ -199,8 +220,9 @@ def detect_attention(site: Site):
     c_ref, control = found
     yp = a.y("port")
     norm_of = a.y("ref")
-    scored = sorted(((rel(a.run(c, "port"), yp, norm_of), pid, c) for pid, c in port_variants(a, c_ref)),
-                    key=lambda t: t[0])
+    scored = sorted(
+        ((rel(a.run(c, "port"), yp, norm_of), pid, c) for pid, c in port_variants(a, c_ref)), key=lambda t: t[0]
+    )
     if not scored:
         return None
     eh, pid, c_port = scored[0]
@@ -220,33 +242,54 @@ def _per_head_error(a: AttnSite, c: AttnConfig) -> list[float]:
 
 def _rope_finding(site, a, c_ref, c_port, ev):
     yr, yp = a.y("ref"), a.y("port")
-    ev.update({"reference_rope": c_ref.rope, "port_rope": c_port.rope,
-               "error_at_position_0": rel(yp[:, :1], yr[:, :1]), "error_after_position_0": rel(yp[:, 1:], yr[:, 1:])})
+    ev.update(
+        {
+            "reference_rope": c_ref.rope,
+            "port_rope": c_port.rope,
+            "error_at_position_0": rel(yp[:, :1], yr[:, :1]),
+            "error_after_position_0": rel(yp[:, 1:], yr[:, 1:]),
+        }
+    )
     names = {"half": "rotate-half (HF/NeoX)", "interleaved": "interleaved (GPT-J/Meta complex)"}
-    msg = (f"The port rotates q/k with the {names[c_port.rope]} RoPE layout where the reference uses the "
-           f"{names[c_ref.rope]} one: exact at position 0, wrong after.")
+    msg = (
+        f"The port rotates q/k with the {names[c_port.rope]} RoPE layout where the reference uses the "
+        f"{names[c_ref.rope]} one: exact at position 0, wrong after."
+    )
     if c_ref.rope == "half":
-        fix = {"flax": "use rotate_half: concatenate(-x[..., d//2:], x[..., :d//2]) with cos/sin tiled as [f, f] "
-                       "(or permute the q/k weight rows to the interleaved order)",
-               "torch": "use rotate_half with cos/sin = cat([freqs, freqs], -1)"}
+        fix = {
+            "flax": "use rotate_half: concatenate(-x[..., d//2:], x[..., :d//2]) with cos/sin tiled as [f, f] "
+            "(or permute the q/k weight rows to the interleaved order)",
+            "torch": "use rotate_half with cos/sin = cat([freqs, freqs], -1)",
+        }
     else:
-        fix = {"flax": "rotate pairs (2j, 2j+1): x[..., ::2], x[..., 1::2] (or permute q/k weight rows: "
-                       "w.reshape(H, 2, d//2, -1).swapaxes(1, 2))",
-               "torch": "rotate interleaved pairs (torch.view_as_complex(x.reshape(..., d//2, 2)))"}
+        fix = {
+            "flax": "rotate pairs (2j, 2j+1): x[..., ::2], x[..., 1::2] (or permute q/k weight rows: "
+            "w.reshape(H, 2, d//2, -1).swapaxes(1, 2))",
+            "torch": "rotate interleaved pairs (torch.view_as_complex(x.reshape(..., d//2, 2)))",
+        }
     return site.finding("rope_layout", msg, ev, fix)
 
 
 def _gqa_finding(site, a, c_ref, c_port, ev):
     errs = _per_head_error(a, c_ref)
-    ev.update({"reference_kv_map": c_ref.kv_map, "port_kv_map": c_port.kv_map,
-               "exact_heads": [h for h, e in enumerate(errs) if e <= 3 * TAU_ATTENTION]})
+    ev.update(
+        {
+            "reference_kv_map": c_ref.kv_map,
+            "port_kv_map": c_port.kv_map,
+            "exact_heads": [h for h, e in enumerate(errs) if e <= 3 * TAU_ATTENTION],
+        }
+    )
     rep = c_ref.heads // c_ref.kv_heads
     desc = {"repeat": "h // (H/Hkv) (repeat_interleave)", "tile": "h % Hkv (tile)"}
-    msg = (f"The port maps query head h to kv head {desc[c_port.kv_map]} where the reference uses "
-           f"{desc[c_ref.kv_map]}; heads {ev['exact_heads']} coincide.")
+    msg = (
+        f"The port maps query head h to kv head {desc[c_port.kv_map]} where the reference uses "
+        f"{desc[c_ref.kv_map]}; heads {ev['exact_heads']} coincide."
+    )
     if c_ref.kv_map == "repeat":
-        fix = {"flax": f"k = jnp.repeat(k, {rep}, axis=head_axis)  # not jnp.tile",
-               "torch": f"k = k.repeat_interleave({rep}, dim=1)"}
+        fix = {
+            "flax": f"k = jnp.repeat(k, {rep}, axis=head_axis)  # not jnp.tile",
+            "torch": f"k = k.repeat_interleave({rep}, dim=1)",
+        }
     else:
         fix = {"flax": f"k = jnp.tile(k, (1, {rep}, 1, 1))  # head axis", "torch": f"k = k.repeat(1, {rep}, 1, 1)"}
     return site.finding("gqa_mapping", msg, ev, fix)
@@ -254,27 +297,43 @@ def _gqa_finding(site, a, c_ref, c_port, ev):
 
 def _mask_fill_finding(site, a, c_ref, c_port, ev):
     allowed = a.allowed(c_ref)
-    ev.update({"reference_empty_rows": c_ref.empty_rows, "port_empty_rows": c_port.empty_rows,
-               "n_fully_masked_rows": int((~allowed.any(-1)).sum()),
-               "error_on_other_rows": _row_error(a.y("port"), a.y("ref"), ~allowed.any(-1))})
-    what = {"zeros": "zeros (torch SDPA)", "mean": "the mean of V (finite fill such as finfo.min / -1e9)",
-            "nan": "NaN (-inf fill)"}
-    msg = (f"Query rows with no allowed key give {what[c_port.empty_rows]} in the port and "
-           f"{what[c_ref.empty_rows]} in the reference; all other rows agree.")
+    ev.update(
+        {
+            "reference_empty_rows": c_ref.empty_rows,
+            "port_empty_rows": c_port.empty_rows,
+            "n_fully_masked_rows": int((~allowed.any(-1)).sum()),
+            "error_on_other_rows": _row_error(a.y("port"), a.y("ref"), ~allowed.any(-1)),
+        }
+    )
+    what = {
+        "zeros": "zeros (torch SDPA)",
+        "mean": "the mean of V (finite fill such as finfo.min / -1e9)",
+        "nan": "NaN (-inf fill)",
+    }
+    msg = (
+        f"Query rows with no allowed key give {what[c_port.empty_rows]} in the port and "
+        f"{what[c_ref.empty_rows]} in the reference; all other rows agree."
+    )
     fixes = {
-        "zeros": {"flax": "out = jnp.where(mask.any(-1, keepdims=True), out, 0.0)  # zero fully-masked rows",
-                  "torch": "out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)"},
-        "mean": {"flax": "fill masked logits with jnp.finfo(dtype).min (not -inf), no zeroing",
-                 "torch": "additive mask with torch.finfo(dtype).min instead of a bool SDPA mask"},
+        "zeros": {
+            "flax": "out = jnp.where(mask.any(-1, keepdims=True), out, 0.0)  # zero fully-masked rows",
+            "torch": "out = out.masked_fill(~mask.any(-1, keepdim=True), 0.0)",
+        },
+        "mean": {
+            "flax": "fill masked logits with jnp.finfo(dtype).min (not -inf), no zeroing",
+            "torch": "additive mask with torch.finfo(dtype).min instead of a bool SDPA mask",
+        },
         "nan": {"flax": "fill masked logits with -jnp.inf", "torch": "fill masked logits with float('-inf')"},
     }
     return site.finding("mask_fill", msg, ev, fixes[c_ref.empty_rows])
 
 
 def _inverted_finding(site, a, c_ref, c_port, ev):
-    msg = ("The port reads the boolean attention mask the other way round (True = ignore vs True = attend).")
-    fix = {"flax": "mask = ~key_padding_mask  # flax: True = attend",
-           "torch": "key_padding_mask = ~mask  # nn.MultiheadAttention: True = ignore"}
+    msg = "The port reads the boolean attention mask the other way round (True = ignore vs True = attend)."
+    fix = {
+        "flax": "mask = ~key_padding_mask  # flax: True = attend",
+        "torch": "key_padding_mask = ~mask  # nn.MultiheadAttention: True = ignore",
+    }
     return site.finding("inverted_mask", msg, ev, fix)
 
 
@@ -282,10 +341,17 @@ def _scale_finding(site, a, c_ref, c_port, ev):
     hd = a.flat(a.q.ref).shape[-1] // c_ref.heads
     ev.update({"reference_scale": 1 / math.sqrt(hd), "port_scale": c_port.scale})
     msg = f"The port scales attention logits by {c_port.scale:.4g} where the reference uses 1/sqrt({hd})."
-    fix = {"flax": f"logits = q @ k.T * {1 / math.sqrt(hd):.6g}  # 1/sqrt(head_dim)",
-           "torch": f"scale={1 / math.sqrt(hd):.6g}  # 1/sqrt(head_dim)"}
+    fix = {
+        "flax": f"logits = q @ k.T * {1 / math.sqrt(hd):.6g}  # 1/sqrt(head_dim)",
+        "torch": f"scale={1 / math.sqrt(hd):.6g}  # 1/sqrt(head_dim)",
+    }
     return site.finding("attention_scale", msg, ev, fix)
 
 
-_FINDERS = {"rope_layout": _rope_finding, "gqa_mapping": _gqa_finding, "mask_fill": _mask_fill_finding,
-            "inverted_mask": _inverted_finding, "attention_scale": _scale_finding}
+_FINDERS = {
+    "rope_layout": _rope_finding,
+    "gqa_mapping": _gqa_finding,
+    "mask_fill": _mask_fill_finding,
+    "inverted_mask": _inverted_finding,
+    "attention_scale": _scale_finding,
+}

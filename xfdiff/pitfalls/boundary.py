@@ -37,22 +37,40 @@ def boundary_findings(ev: Any, rows: list[Any]) -> list[Finding]:
     relation = _relation(ev, first)
     if relation:
         evidence.update(relation)
-    later = [r for r in ev.rows if r.layer.order > lyr.order and r.layer.status == "ok"
-             and not _inside(r.layer.torch_path, lyr.torch_path)]
+    later = [
+        r
+        for r in ev.rows
+        if r.layer.order > lyr.order and r.layer.status == "ok" and not _inside(r.layer.torch_path, lyr.torch_path)
+    ]
     if later:
         evidence["agrees_again_at"] = later[0].layer.label
     where = f", and the two sides agree again at {later[0].layer.label}" if later else ""
     if relation:
-        msg = (f"The final output agrees within tolerance but {lyr.label} differs ({relation['relation']}){where}: "
-               "the port applies this on the other side of a module boundary, not a numerical bug.")
+        msg = (
+            f"The final output agrees within tolerance but {lyr.label} differs ({relation['relation']}){where}: "
+            "the port applies this on the other side of a module boundary, not a numerical bug."
+        )
     else:
-        msg = (f"The final output agrees within tolerance but {lyr.label} differs{where}: the difference does not "
-               "reach the output (work moved across a module boundary, or a value the output does not use).")
-    fix = ("none needed for the final output; to compare intermediates one to one, apply the operation in the same "
-           "module on both sides")
-    return [Finding(pitfall="boundary_shift", torch_path=lyr.torch_path, flax_path=lyr.flax_path, message=msg,
-                    evidence=evidence, fix=fix, call_index=lyr.call_index,
-                    confidence="confirmed" if relation else "likely")]
+        msg = (
+            f"The final output agrees within tolerance but {lyr.label} differs{where}: the difference does not "
+            "reach the output (work moved across a module boundary, or a value the output does not use)."
+        )
+    fix = (
+        "none needed for the final output; to compare intermediates one to one, apply the operation in the same "
+        "module on both sides"
+    )
+    return [
+        Finding(
+            pitfall="boundary_shift",
+            torch_path=lyr.torch_path,
+            flax_path=lyr.flax_path,
+            message=msg,
+            evidence=evidence,
+            fix=fix,
+            call_index=lyr.call_index,
+            confidence="confirmed" if relation else "likely",
+        )
+    ]
 
 
 def _inside(path: str | None, ancestor: str | None) -> bool:

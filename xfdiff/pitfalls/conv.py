@@ -131,11 +131,15 @@ def detect_same_padding(site: Site):
         return None
     ev = numbers(site, eh, control)
     ev.update({"reference_padding": [list(a) for a in pads], "port_padding": [list(a) for a in p_port]})
-    msg = (f"The port pads the convolution {_fmt(p_port)} where the reference pads {_fmt(pads)}: "
-           "'SAME' puts the extra pixel at the end, torch pads symmetrically.")
+    msg = (
+        f"The port pads the convolution {_fmt(p_port)} where the reference pads {_fmt(pads)}: "
+        "'SAME' puts the extra pixel at the end, torch pads symmetrically."
+    )
     (lh, hh), (lw, hw) = pads
-    fix = {"flax": f"nn.Conv(..., padding=(({lh}, {hh}), ({lw}, {hw})))",
-           "torch": f"x = F.pad(x, ({lw}, {hw}, {lh}, {hh})); then conv with padding=0"}
+    fix = {
+        "flax": f"nn.Conv(..., padding=(({lh}, {hh}), ({lw}, {hw})))",
+        "torch": f"x = F.pad(x, ({lw}, {hw}, {lh}, {hh})); then conv with padding=0",
+    }
     return site.finding("same_padding", msg, ev, fix)
 
 
@@ -170,8 +174,10 @@ def detect_conv_kernel(site: Site):
     ev = numbers(site, eh, control)
     ev["kernel_variant"] = name
     msg = f"The port's convolution kernel is {name} relative to the reference."
-    fix = {"flax": "kernel = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO, no flip",
-           "torch": "w = torch.from_numpy(kernel).permute(3, 2, 0, 1)  # HWIO -> OIHW, no flip"}
+    fix = {
+        "flax": "kernel = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO, no flip",
+        "torch": "w = torch.from_numpy(kernel).permute(3, 2, 0, 1)  # HWIO -> OIHW, no flip",
+    }
     return site.finding("conv_kernel_layout", msg, ev, fix)
 
 
@@ -183,8 +189,10 @@ def detect_flatten_layout(site: Site):
     y_ref, y_port = site.y_ref, site.y_port
     if y_ref.ndim != 2:
         return None
-    orders = {"CHW": lambda u: f64(u).reshape(u.shape[0], -1),
-              "HWC": lambda u: np.moveaxis(f64(u), 1, -1).reshape(u.shape[0], -1)}
+    orders = {
+        "CHW": lambda u: f64(u).reshape(u.shape[0], -1),
+        "HWC": lambda u: np.moveaxis(f64(u), 1, -1).reshape(u.shape[0], -1),
+    }
     for s in site.sources[::-1]:
         if s.ref.ndim != 4 or s.ref.shape[0] != y_ref.shape[0] or s.ref[0].size != y_ref.shape[1]:
             continue
@@ -196,17 +204,24 @@ def detect_flatten_layout(site: Site):
             continue
         n, ch, h, w = s.ref.shape
         ev = numbers(site, eh, ctl[o_ref])
-        ev.update({"reference_order": o_ref, "port_order": o_port, "channels": ch, "height": h, "width": w,
-                   "source": s.name})
-        msg = (f"The port flattens {s.name}'s feature map in ({', '.join(o_port)}) order where the reference uses "
-               f"({', '.join(o_ref)}): the next layer sees permuted features.")
+        ev.update(
+            {"reference_order": o_ref, "port_order": o_port, "channels": ch, "height": h, "width": w, "source": s.name}
+        )
+        msg = (
+            f"The port flattens {s.name}'s feature map in ({', '.join(o_port)}) order where the reference uses "
+            f"({', '.join(o_ref)}): the next layer sees permuted features."
+        )
         if o_ref == "CHW":
-            fix = {"flax": f"x = jnp.transpose(x, (0, 3, 1, 2)).reshape(n, -1)  # flatten as (C, H, W); or permute "
-                           f"the Dense kernel rows: W.reshape(out, {ch}, {h}, {w}).transpose(2, 3, 1, 0).reshape(-1, out)",
-                   "torch": "x = x.reshape(n, -1)  # NCHW flatten: (C, H, W) order like the reference"}
+            fix = {
+                "flax": f"x = jnp.transpose(x, (0, 3, 1, 2)).reshape(n, -1)  # flatten as (C, H, W); or permute "
+                f"the Dense kernel rows: W.reshape(out, {ch}, {h}, {w}).transpose(2, 3, 1, 0).reshape(-1, out)",
+                "torch": "x = x.reshape(n, -1)  # NCHW flatten: (C, H, W) order like the reference",
+            }
         else:
-            fix = {"flax": "x = x.reshape(n, -1)  # flatten NHWC as (H, W, C)",
-                   "torch": "x = x.permute(0, 2, 3, 1).reshape(n, -1)  # flatten as (H, W, C) like the reference"}
+            fix = {
+                "flax": "x = x.reshape(n, -1)  # flatten NHWC as (H, W, C)",
+                "torch": "x = x.permute(0, 2, 3, 1).reshape(n, -1)  # flatten as (H, W, C) like the reference",
+            }
         return site.finding("channel_layout", msg, ev, fix)
     return None
 
@@ -223,8 +238,14 @@ def _dense_after_flatten(site: Site):
     lin = LinearSite(site)
     if not lin.ok() or "flatten" not in _input_layout(site):
         return None
-    xp = next((v for v in site.x_port.values() if isinstance(v, np.ndarray) and v.shape == lin.x.shape
-               and v.dtype.kind == "f"), None)
+    xp = next(
+        (
+            v
+            for v in site.x_port.values()
+            if isinstance(v, np.ndarray) and v.shape == lin.x.shape and v.dtype.kind == "f"
+        ),
+        None,
+    )
     if xp is None:
         return None
     control = lin.control()
@@ -234,11 +255,15 @@ def _dense_after_flatten(site: Site):
     ev = numbers(site, eh, control)
     layout = _input_layout(site)
     ev["input_layout"] = layout
-    msg = (f"The port's Dense receives the feature map flattened in the other order ({layout}) but its kernel rows "
-           "were not permuted to match: every output mixes the wrong features.")
-    fix = {"flax": "permute the kernel rows: W.reshape(out, C, H, W).transpose(2, 3, 1, 0).reshape(-1, out), or "
-                   "flatten as (C, H, W): jnp.transpose(x, (0, 3, 1, 2)).reshape(n, -1)",
-           "torch": "permute the weight columns: W.reshape(out, H, W, C).permute(0, 3, 1, 2).reshape(out, -1)"}
+    msg = (
+        f"The port's Dense receives the feature map flattened in the other order ({layout}) but its kernel rows "
+        "were not permuted to match: every output mixes the wrong features."
+    )
+    fix = {
+        "flax": "permute the kernel rows: W.reshape(out, C, H, W).transpose(2, 3, 1, 0).reshape(-1, out), or "
+        "flatten as (C, H, W): jnp.transpose(x, (0, 3, 1, 2)).reshape(n, -1)",
+        "torch": "permute the weight columns: W.reshape(out, H, W, C).permute(0, 3, 1, 2).reshape(out, -1)",
+    }
     return site.finding("channel_layout", msg, ev, fix)
 
 

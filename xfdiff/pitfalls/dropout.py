@@ -33,8 +33,13 @@ def _fit(y_drop: np.ndarray, y_full: np.ndarray) -> dict | None:
     ratio = y_drop[kept] / y_full[kept]
     r = float(np.median(ratio))
     spread = float(np.max(np.abs(ratio - r)))
-    return {"zero_fraction": p_hat, "kept_scale": r, "kept_scale_spread": spread, "implied_rate": 1 - 1 / r,
-            "mask": kept}
+    return {
+        "zero_fraction": p_hat,
+        "kept_scale": r,
+        "kept_scale_spread": spread,
+        "implied_rate": 1 - 1 / r,
+        "mask": kept,
+    }
 
 
 def _rate(cfg: dict) -> float | None:
@@ -70,10 +75,14 @@ def detect_dropout(site: Site):
         if cfg_rate is not None:
             ev["configured_rate"] = cfg_rate
         who = "port" if side == "port" else "reference"
-        msg = (f"Dropout is active in the {who}: {100 * p_hat:.1f}% of the values are zeroed and the rest scaled by "
-               f"{r:.5g} = 1/(1-{fit['implied_rate']:.3g}).")
-        fix = {"flax": "nn.Dropout(rate, deterministic=True)  # or pass train=False / deterministic=True",
-               "torch": "model.eval()"}
+        msg = (
+            f"Dropout is active in the {who}: {100 * p_hat:.1f}% of the values are zeroed and the rest scaled by "
+            f"{r:.5g} = 1/(1-{fit['implied_rate']:.3g})."
+        )
+        fix = {
+            "flax": "nn.Dropout(rate, deterministic=True)  # or pass train=False / deterministic=True",
+            "torch": "model.eval()",
+        }
         if side == "reference":
             fix = {"flax": "run the reference in eval mode: pt_model.eval()", "torch": "pt_model.eval()"}
         return site.finding("dropout_active", msg, ev, fix)

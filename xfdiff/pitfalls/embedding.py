@@ -30,8 +30,12 @@ def _lookup_ids(site: Site, w: np.ndarray) -> np.ndarray | None:
 
 def named_constant(s: float, d: int) -> str:
     """A readable name for a recovered scale (``sqrt(d)``, ``1/sqrt(d)``, ...) or the number."""
-    for name, val in ((f"sqrt({d})", math.sqrt(d)), (f"1/sqrt({d})", 1 / math.sqrt(d)), (str(d), float(d)),
-                      (f"1/{d}", 1.0 / d)):
+    for name, val in (
+        (f"sqrt({d})", math.sqrt(d)),
+        (f"1/sqrt({d})", 1 / math.sqrt(d)),
+        (str(d), float(d)),
+        (f"1/{d}", 1.0 / d),
+    ):
         if abs(s / val - 1) < 2e-3:
             return name
     return f"{s:.6g}"
@@ -52,8 +56,11 @@ def detect_embedding(site: Site):
     control = rel(wf[ids], site.y_ref)
     if control > 3 * site.tau:
         return None
-    scored = [(rel(site.y_port, wf[ids + k], site.y_ref), "offset", k) for k in range(-MAX_OFFSET, MAX_OFFSET + 1)
-              if k and (ids + k).min() >= 0 and (ids + k).max() < w.shape[0]]
+    scored = [
+        (rel(site.y_port, wf[ids + k], site.y_ref), "offset", k)
+        for k in range(-MAX_OFFSET, MAX_OFFSET + 1)
+        if k and (ids + k).min() >= 0 and (ids + k).max() < w.shape[0]
+    ]
     yr = wf[ids]
     s = float(np.vdot(site.y_port, yr) / max(np.vdot(yr, yr), 1e-300))
     scored.append((rel(site.y_port, s * yr, site.y_ref), "scale", s))
@@ -64,33 +71,52 @@ def detect_embedding(site: Site):
     if what == "scale":
         return _scale_finding(site, ev, val, w.shape[1], site.row.layer.label)
     ev["offset"] = int(val)
-    port_ids = [v for v in site.x_port.values() if isinstance(v, np.ndarray) and v.shape == ids.shape
-                and v.dtype.kind in "iu"]
+    port_ids = [
+        v for v in site.x_port.values() if isinstance(v, np.ndarray) and v.shape == ids.shape and v.dtype.kind in "iu"
+    ]
     if port_ids:
         diff = np.unique(port_ids[0].astype(np.int64) - ids)
         ev["port_ids_minus_reference_ids"] = [int(d) for d in diff[:4]]
-    msg = (f"The port reads embedding rows shifted by {int(val):+d} (position ids offset; BART/OPT tables start "
-           "at 2, RoBERTa at padding_idx + 1).")
-    fix = {"flax": f"positions = positions {-int(val):+d}  # before self.embed(positions)",
-           "torch": f"positions = positions {-int(val):+d}  # before self.embed(positions)"}
+    msg = (
+        f"The port reads embedding rows shifted by {int(val):+d} (position ids offset; BART/OPT tables start "
+        "at 2, RoBERTa at padding_idx + 1)."
+    )
+    fix = {
+        "flax": f"positions = positions {-int(val):+d}  # before self.embed(positions)",
+        "torch": f"positions = positions {-int(val):+d}  # before self.embed(positions)",
+    }
     return site.finding("position_offset", msg, ev, fix)
 
 
 def _scale_finding(site: Site, ev: dict, s: float, d: int, where: str):
-    ev.update({"scale": s, "scale_name": named_constant(s, d), "correction": 1 / s,
-               "correction_name": named_constant(1 / s, d)})
-    msg = (f"The port's embedding output ({where}) is {named_constant(s, d)} times the reference's: an embedding "
-           "scale is missing on one side or applied twice.")
+    ev.update(
+        {
+            "scale": s,
+            "scale_name": named_constant(s, d),
+            "correction": 1 / s,
+            "correction_name": named_constant(1 / s, d),
+        }
+    )
+    msg = (
+        f"The port's embedding output ({where}) is {named_constant(s, d)} times the reference's: an embedding "
+        "scale is missing on one side or applied twice."
+    )
     corr = named_constant(1 / s, d)
-    fix = {"flax": f"x = self.embed(ids) * {corr}  # match the reference's embedding scale",
-           "torch": f"x = self.embed(ids) * {corr}  # match the reference's embedding scale"}
+    fix = {
+        "flax": f"x = self.embed(ids) * {corr}  # match the reference's embedding scale",
+        "torch": f"x = self.embed(ids) * {corr}  # match the reference's embedding scale",
+    }
     return site.finding("embedding_scale", msg, ev, fix)
 
 
 def _is_embedding(src) -> bool:
     w = src.params.get("weight")
-    return "embed" in src.module_type.lower() or (w is not None and w.ndim == 2 and "linear" not in
-                                                   src.module_type.lower() and "dense" not in src.module_type.lower())
+    return "embed" in src.module_type.lower() or (
+        w is not None
+        and w.ndim == 2
+        and "linear" not in src.module_type.lower()
+        and "dense" not in src.module_type.lower()
+    )
 
 
 def _segment_scale(site: Site):
@@ -121,5 +147,7 @@ def _segment_scale(site: Site):
     if not np.isfinite(ratios[i]) or abs(ratios[i] - 1) < 1e-3:
         return None
     ev = numbers(site, eh, control)
-    ev.update({"reference_coefficient": float(c_ref[i]), "port_coefficient": float(c_port[i]), "source": srcs[i][0].name})
+    ev.update(
+        {"reference_coefficient": float(c_ref[i]), "port_coefficient": float(c_port[i]), "source": srcs[i][0].name}
+    )
     return _scale_finding(site, ev, float(ratios[i]), y_ref.shape[-1], srcs[i][0].name)

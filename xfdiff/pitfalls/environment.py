@@ -40,8 +40,15 @@ def environment_checks(pt_model: Any, flax_model: Any) -> list[Finding]:
 
 
 def _finding(pitfall: str, torch_path: str | None, message: str, evidence: dict, fix: str) -> Finding:
-    return Finding(pitfall=pitfall, torch_path=torch_path, flax_path=None, message=message, evidence=evidence,
-                   fix=fix, confidence=CONFIDENCE)
+    return Finding(
+        pitfall=pitfall,
+        torch_path=torch_path,
+        flax_path=None,
+        message=message,
+        evidence=evidence,
+        fix=fix,
+        confidence=CONFIDENCE,
+    )
 
 
 def _torch_training(pt_model: Any, _flax: Any) -> list[Finding]:
@@ -56,26 +63,37 @@ def _torch_training(pt_model: Any, _flax: Any) -> list[Finding]:
         if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
             drop.append((name, float(m.p)))
         elif any(isinstance(getattr(m, a, None), float) and getattr(m, a) > 0 for a in DROPOUT_ATTRS):
-            rate = next(getattr(m, a) for a in DROPOUT_ATTRS if isinstance(getattr(m, a, None), float)
-                        and getattr(m, a) > 0)
+            rate = next(
+                getattr(m, a) for a in DROPOUT_ATTRS if isinstance(getattr(m, a, None), float) and getattr(m, a) > 0
+            )
             drop.append((name, float(rate)))
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             bn.append((name, m.momentum))
     out = []
     if drop:
         paths = [p for p, _ in drop]
-        out.append(_finding(
-            "dropout_active", paths[0],
-            f"The PyTorch model is in training mode: {len(drop)} dropout layer(s) are active "
-            f"(first: {paths[0] or '(root)'}, p={drop[0][1]:g}), so outputs are random and scaled.",
-            {"n_modules": len(drop), "paths": paths[:MAX_PATHS], "rate": drop[0][1]}, "pt_model.eval()"))
+        out.append(
+            _finding(
+                "dropout_active",
+                paths[0],
+                f"The PyTorch model is in training mode: {len(drop)} dropout layer(s) are active "
+                f"(first: {paths[0] or '(root)'}, p={drop[0][1]:g}), so outputs are random and scaled.",
+                {"n_modules": len(drop), "paths": paths[:MAX_PATHS], "rate": drop[0][1]},
+                "pt_model.eval()",
+            )
+        )
     if bn:
         paths = [p for p, _ in bn]
-        out.append(_finding(
-            "batchnorm_stats", paths[0],
-            f"The PyTorch model is in training mode: {len(bn)} BatchNorm layer(s) normalise with batch statistics "
-            "and update their running averages during the comparison.",
-            {"n_modules": len(bn), "paths": paths[:MAX_PATHS]}, "pt_model.eval()"))
+        out.append(
+            _finding(
+                "batchnorm_stats",
+                paths[0],
+                f"The PyTorch model is in training mode: {len(bn)} BatchNorm layer(s) normalise with batch statistics "
+                "and update their running averages during the comparison.",
+                {"n_modules": len(bn), "paths": paths[:MAX_PATHS]},
+                "pt_model.eval()",
+            )
+        )
     return out
 
 
@@ -91,15 +109,27 @@ def _jax_precision(_pt: Any, _flax: Any) -> list[Finding]:
         return []
     fix = "jax.config.update('jax_default_matmul_precision', 'highest')"
     if backend == "tpu":
-        return [_finding("bf16_matmul", None,
-                         "JAX runs on TPU with the default matmul precision: float32 matmuls and convolutions "
-                         "round their operands to bfloat16 (relative error ~2e-3 per layer).",
-                         {"backend": backend, "matmul_precision": str(prec)}, fix)]
+        return [
+            _finding(
+                "bf16_matmul",
+                None,
+                "JAX runs on TPU with the default matmul precision: float32 matmuls and convolutions "
+                "round their operands to bfloat16 (relative error ~2e-3 per layer).",
+                {"backend": backend, "matmul_precision": str(prec)},
+                fix,
+            )
+        ]
     if backend in ("gpu", "cuda", "rocm"):
-        return [_finding("tf32_matmul", None,
-                         "JAX runs on GPU with the default matmul precision: float32 matmuls and convolutions may "
-                         "use TF32 (10-bit mantissa, relative error ~3e-4 per layer).",
-                         {"backend": backend, "matmul_precision": str(prec)}, fix)]
+        return [
+            _finding(
+                "tf32_matmul",
+                None,
+                "JAX runs on GPU with the default matmul precision: float32 matmuls and convolutions may "
+                "use TF32 (10-bit mantissa, relative error ~3e-4 per layer).",
+                {"backend": backend, "matmul_precision": str(prec)},
+                fix,
+            )
+        ]
     return []
 
 
@@ -113,17 +143,25 @@ def _torch_tf32(pt_model: Any, _flax: Any) -> list[Finding]:
         return []
     matmul = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
     convs = torch.backends.cudnn.allow_tf32 and any(
-        isinstance(m, torch.nn.modules.conv._ConvNd) for m in pt_model.modules())
+        isinstance(m, torch.nn.modules.conv._ConvNd) for m in pt_model.modules()
+    )
     if not (matmul or convs):
         return []
     what = " and ".join(w for w, on in (("matmuls", matmul), ("cuDNN convolutions", convs)) if on)
-    return [_finding("tf32_matmul", None,
-                     f"PyTorch runs on CUDA with TF32 allowed for {what}: float32 results carry ~1e-3 relative "
-                     "error against a full-precision port.",
-                     {"allow_tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-                      "allow_tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-                      "float32_matmul_precision": torch.get_float32_matmul_precision()},
-                     "torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False")]
+    return [
+        _finding(
+            "tf32_matmul",
+            None,
+            f"PyTorch runs on CUDA with TF32 allowed for {what}: float32 results carry ~1e-3 relative "
+            "error against a full-precision port.",
+            {
+                "allow_tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+                "allow_tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            },
+            "torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False",
+        )
+    ]
 
 
 def _x64(pt_model: Any, _flax: Any) -> list[Finding]:
@@ -136,8 +174,13 @@ def _x64(pt_model: Any, _flax: Any) -> list[Finding]:
         return []
     if not any(p.dtype == torch.float64 for p in pt_model.parameters()):
         return []
-    return [_finding("x64_disabled", None,
-                     "The PyTorch reference is float64 but jax_enable_x64 is off: JAX silently computes the port "
-                     "in float32 (relative error ~1e-7 instead of ~1e-16).",
-                     {"reference_dtype": "float64", "jax_enable_x64": False},
-                     "jax.config.update('jax_enable_x64', True)  # before creating any array")]
+    return [
+        _finding(
+            "x64_disabled",
+            None,
+            "The PyTorch reference is float64 but jax_enable_x64 is off: JAX silently computes the port "
+            "in float32 (relative error ~1e-7 instead of ~1e-16).",
+            {"reference_dtype": "float64", "jax_enable_x64": False},
+            "jax.config.update('jax_enable_x64', True)  # before creating any array",
+        )
+    ]

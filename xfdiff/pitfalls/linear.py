@@ -76,10 +76,14 @@ def detect_linear(site: Site):
     ev.update(_weight_evidence(lin))
     if pid == "missing_bias":
         return _bias_finding(site, lin, what, ev)
-    msg = ("The port multiplies by the Linear weight without transposing it: torch stores (out, in), "
-           f"flax Dense kernels are (in, out) ({what}).")
-    fix = {"flax": "kernel = weight.T  # torch (out, in) -> flax (in, out)",
-           "torch": "linear.weight.copy_(torch.from_numpy(kernel.T))  # flax (in, out) -> torch (out, in)"}
+    msg = (
+        "The port multiplies by the Linear weight without transposing it: torch stores (out, in), "
+        f"flax Dense kernels are (in, out) ({what})."
+    )
+    fix = {
+        "flax": "kernel = weight.T  # torch (out, in) -> flax (in, out)",
+        "torch": "linear.weight.copy_(torch.from_numpy(kernel.T))  # flax (in, out) -> torch (out, in)",
+    }
     return site.finding("transposed_weight", msg, ev, fix)
 
 
@@ -91,11 +95,16 @@ def _bias_finding(site: Site, lin: LinearSite, what: str, ev: dict):
         ev["delta_minus_bias"] = float(np.abs(flat.mean(axis=0) - f64(lin.b)).max())
     if what == "extra bias":
         msg = "The port adds a bias that the reference layer does not have (its output is shifted at every token)."
-        fix = {"flax": "nn.Dense(features, use_bias=False)", "torch": "nn.Linear(in_features, out_features, bias=False)"}
+        fix = {
+            "flax": "nn.Dense(features, use_bias=False)",
+            "torch": "nn.Linear(in_features, out_features, bias=False)",
+        }
     elif what == "bias dropped":
         msg = "The port's Linear/Dense has no bias: its output is off by exactly the reference bias at every token."
-        fix = {"flax": "nn.Dense(features, use_bias=True) and load the bias",
-               "torch": "nn.Linear(in_features, out_features, bias=True) and load the bias"}
+        fix = {
+            "flax": "nn.Dense(features, use_bias=True) and load the bias",
+            "torch": "nn.Linear(in_features, out_features, bias=True) and load the bias",
+        }
     else:
         msg = "The port adds the Linear bias twice."
         fix = {"flax": "add the bias once (nn.Dense already adds it)", "torch": "add the bias once"}

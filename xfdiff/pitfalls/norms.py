@@ -81,15 +81,15 @@ class _Norm:
         x = f64(self.x)
         ax = tuple(range(-self.axes, 0))
         offset = np.abs(x.mean(axis=ax)) / np.maximum(x.std(axis=ax), 1e-30)
-        return max(self.site.tau, 2.0 ** -23 * float(offset.max()))
+        return max(self.site.tau, 2.0**-23 * float(offset.max()))
 
     def ok(self) -> bool:
         s, x = self.site, self.x
         if s.kind != "call" or x is None or x.shape != s.y_ref.shape or "running_mean" in s.ref_params:
             return False
-        if self.w is not None and x.shape[x.ndim - self.w.ndim:] != self.w.shape:
+        if self.w is not None and x.shape[x.ndim - self.w.ndim :] != self.w.shape:
             return False
-        if self.b is not None and self.b.shape != x.shape[x.ndim - self.b.ndim:]:
+        if self.b is not None and self.b.shape != x.shape[x.ndim - self.b.ndim :]:
             return False
         return self._plausible()
 
@@ -111,8 +111,19 @@ class _Norm:
         return [f64(self.w), 1.0 + f64(self.w)]
 
     def compute(self, v: NormVariant, x: np.ndarray | None = None) -> np.ndarray:
-        return norm(self.x if x is None else x, kind=v.kind, eps=v.eps, ddof=v.ddof, eps_outside=v.outside,
-                    weight=self.w, bias=self.b, plus_one=v.plus_one, rsqrt_fmt=v.rsqrt, fast=v.fast, axes=self.axes)
+        return norm(
+            self.x if x is None else x,
+            kind=v.kind,
+            eps=v.eps,
+            ddof=v.ddof,
+            eps_outside=v.outside,
+            weight=self.w,
+            bias=self.b,
+            plus_one=v.plus_one,
+            rsqrt_fmt=v.rsqrt,
+            fast=v.fast,
+            axes=self.axes,
+        )
 
     def reference_variant(self) -> tuple[NormVariant, float] | None:
         s = self.site
@@ -149,8 +160,11 @@ class _Norm:
     def port_variants(self, v: NormVariant) -> list[tuple[str, NormVariant]]:
         s = self.site
         eps_port = eps_of(s.port_cfg, s.port_type)
-        out = [("norm_epsilon", replace(v, eps=e))
-               for e in _unique([eps_port, self.estimate_eps(v), *DEFAULT_EPS]) if abs(e - v.eps) > 1e-3 * v.eps]
+        out = [
+            ("norm_epsilon", replace(v, eps=e))
+            for e in _unique([eps_port, self.estimate_eps(v), *DEFAULT_EPS])
+            if abs(e - v.eps) > 1e-3 * v.eps
+        ]
         for eps in _unique([v.eps, eps_port]):
             for ddof, outside in ((1 - v.ddof, v.outside), (1 - v.ddof, not v.outside), (v.ddof, not v.outside)):
                 out.append(("std_ddof", replace(v, ddof=ddof, outside=outside, eps=eps)))
@@ -180,8 +194,9 @@ def detect_norm(site: Site):
     if found is None:
         return None
     v_ref, control = found
-    scored = sorted(((rel(site.y_port, n.compute(v), site.y_ref), pid, v) for pid, v in n.port_variants(v_ref)),
-                    key=lambda t: t[0])
+    scored = sorted(
+        ((rel(site.y_port, n.compute(v), site.y_ref), pid, v) for pid, v in n.port_variants(v_ref)), key=lambda t: t[0]
+    )
     if not scored:
         return None
     eh, pid, v_port = scored[0]
@@ -197,9 +212,17 @@ def detect_norm(site: Site):
     runner = next((e for e, p, _ in scored if p != pid), float("inf"))
     ev = numbers(site, eh, control)
     rho = n.row_factors()
-    ev.update({"kind": v_ref.kind, "reference_eps": v_ref.eps, "port_eps": v_port.eps,
-               "row_factor_min": float(rho.min()), "row_factor_max": float(rho.max()),
-               "runner_up": runner, "runner_up_ratio": runner / eh if eh else float("inf")})
+    ev.update(
+        {
+            "kind": v_ref.kind,
+            "reference_eps": v_ref.eps,
+            "port_eps": v_port.eps,
+            "row_factor_min": float(rho.min()),
+            "row_factor_max": float(rho.max()),
+            "runner_up": runner,
+            "runner_up_ratio": runner / eh if eh else float("inf"),
+        }
+    )
     return _FINDERS[pid](site, n, v_ref, v_port, ev)
 
 
@@ -211,40 +234,57 @@ def _eps_finding(site, n, v_ref, v_port, ev):
     est = n.estimate_eps(v_ref)
     ev["recovered_eps"] = est
     got = f" (recovered from the data: {est:.2g})" if est else ""
-    msg = (f"The port's {_layer_name(v_ref)} uses epsilon {v_port.eps:.3g} where the reference uses "
-           f"{v_ref.eps:.3g}{got}.")
+    msg = (
+        f"The port's {_layer_name(v_ref)} uses epsilon {v_port.eps:.3g} where the reference uses {v_ref.eps:.3g}{got}."
+    )
     name = _layer_name(v_ref)
     fix = {"flax": f"nn.{name}(epsilon={v_ref.eps:g})", "torch": f"nn.{name}(normalized_shape, eps={v_ref.eps:g})"}
     return site.finding("norm_epsilon", msg, ev, fix)
 
 
 def _ddof_finding(site, n, v_ref, v_port, ev):
-    m = int(np.prod(np.shape(n.x)[-n.axes:]))
-    ev.update({"reference_ddof": v_ref.ddof, "port_ddof": v_port.ddof, "reference_eps_outside_sqrt": v_ref.outside,
-               "port_eps_outside_sqrt": v_port.outside, "bessel_factor": float(np.sqrt(m / (m - 1)))})
+    m = int(np.prod(np.shape(n.x)[-n.axes :]))
+    ev.update(
+        {
+            "reference_ddof": v_ref.ddof,
+            "port_ddof": v_port.ddof,
+            "reference_eps_outside_sqrt": v_ref.outside,
+            "port_eps_outside_sqrt": v_port.outside,
+            "bessel_factor": float(np.sqrt(m / (m - 1))),
+        }
+    )
 
     def form(v):
         return f"{'unbiased' if v.ddof else 'biased'} std with epsilon {'outside' if v.outside else 'inside'} the sqrt"
 
     msg = f"The port normalises with the {form(v_port)} where the reference uses the {form(v_ref)}."
     if v_ref.ddof or v_ref.outside:
-        fix = {"flax": f"(x - mean) / (jnp.std(x, axis=-1, ddof={v_ref.ddof}, keepdims=True) + eps)"
-                       if v_ref.outside else f"(x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, ddof={v_ref.ddof}, "
-                                             "keepdims=True) + eps)",
-               "torch": f"(x - mean) / (x.std(-1, correction={v_ref.ddof}, keepdim=True) + eps)" if v_ref.outside
-               else f"(x - mean) * torch.rsqrt(x.var(-1, correction={v_ref.ddof}, keepdim=True) + eps)"}
+        fix = {
+            "flax": f"(x - mean) / (jnp.std(x, axis=-1, ddof={v_ref.ddof}, keepdims=True) + eps)"
+            if v_ref.outside
+            else f"(x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, ddof={v_ref.ddof}, keepdims=True) + eps)",
+            "torch": f"(x - mean) / (x.std(-1, correction={v_ref.ddof}, keepdim=True) + eps)"
+            if v_ref.outside
+            else f"(x - mean) * torch.rsqrt(x.var(-1, correction={v_ref.ddof}, keepdim=True) + eps)",
+        }
     else:
-        fix = {"flax": "(x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + eps)  # biased, eps inside",
-               "torch": "(x - mean) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)"}
+        fix = {
+            "flax": "(x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + eps)  # biased, eps inside",
+            "torch": "(x - mean) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)",
+        }
     return site.finding("std_ddof", msg, ev, fix)
 
 
 def _rsqrt_finding(site, n, v_ref, v_port, ev):
     ev["rsqrt_precision"] = v_port.rsqrt
-    msg = (f"The port's inverse standard deviation is rounded to {v_port.rsqrt} (a low-precision rsqrt): "
-           "each row is off by its own small factor.")
-    fix = {"flax": "compute jax.lax.rsqrt(var + eps) in float32 and keep it there (no cast before multiplying)",
-           "torch": "compute torch.rsqrt(var + eps) in float32 (x.float()) and cast only the result"}
+    msg = (
+        f"The port's inverse standard deviation is rounded to {v_port.rsqrt} (a low-precision rsqrt): "
+        "each row is off by its own small factor."
+    )
+    fix = {
+        "flax": "compute jax.lax.rsqrt(var + eps) in float32 and keep it there (no cast before multiplying)",
+        "torch": "compute torch.rsqrt(var + eps) in float32 (x.float()) and cast only the result",
+    }
     return site.finding("rsqrt", msg, ev, fix)
 
 
@@ -253,8 +293,10 @@ def _fast_finding(site, n, v_ref, v_port, ev):
     ax = tuple(range(-n.axes, 0))
     ratio = np.mean(x, axis=ax) ** 2 / np.maximum(np.var(x, axis=ax), 1e-30)
     ev["max_mean2_over_var"] = float(ratio.max())
-    msg = ("The port computes the variance as E[x²] - E[x]² in float32 (flax's use_fast_variance=True); "
-           f"rows with a large mean (mean²/var up to {ratio.max():.3g}) lose precision to cancellation.")
+    msg = (
+        "The port computes the variance as E[x²] - E[x]² in float32 (flax's use_fast_variance=True); "
+        f"rows with a large mean (mean²/var up to {ratio.max():.3g}) lose precision to cancellation."
+    )
     fix = {"flax": "nn.LayerNorm(use_fast_variance=False)", "torch": "var = ((x - mean) ** 2).mean(-1)  # two-pass"}
     return site.finding("fast_variance", msg, ev, fix)
 
@@ -264,16 +306,23 @@ def _plus_one_finding(site, n, v_ref, v_port, ev):
     ev["weight_mean"] = float(gain.mean())
     if v_ref.plus_one:
         msg = "The reference RMSNorm scales by (1 + weight) (Gemma style); the port scales by the weight itself."
-        fix = {"flax": "load scale = 1 + w (in float32), or compute x_hat * (1 + scale)",
-               "torch": "return x_hat * (1.0 + self.weight.float())"}
+        fix = {
+            "flax": "load scale = 1 + w (in float32), or compute x_hat * (1 + scale)",
+            "torch": "return x_hat * (1.0 + self.weight.float())",
+        }
     else:
         msg = "The port's RMSNorm scales by (1 + weight) where the reference scales by the weight itself."
         fix = {"flax": "compute x_hat * scale (drop the 1 +)", "torch": "return x_hat * self.weight"}
     return site.finding("rmsnorm_one_plus", msg, ev, fix)
 
 
-_FINDERS = {"norm_epsilon": _eps_finding, "std_ddof": _ddof_finding, "rsqrt": _rsqrt_finding,
-            "fast_variance": _fast_finding, "rmsnorm_one_plus": _plus_one_finding}
+_FINDERS = {
+    "norm_epsilon": _eps_finding,
+    "std_ddof": _ddof_finding,
+    "rsqrt": _rsqrt_finding,
+    "fast_variance": _fast_finding,
+    "rmsnorm_one_plus": _plus_one_finding,
+}
 
 
 # --- BatchNorm ----------------------------------------------------------------------------------
@@ -304,20 +353,29 @@ def detect_batchnorm(site: Site):
     control, s_ref, e_ref = min(ref_err)
     if control > 3 * site.tau:
         return None
-    port_opts = [(s, e) for s in stats for e in _unique([e_ref, eps_port, 1e-5, 1e-3])
-                 if (s, e) != (s_ref, e_ref) and not (s == s_ref and abs(e - e_ref) <= 1e-3 * e_ref)]
-    eh, s_port, e_port = min((rel(site.y_port, batchnorm(x, *stats[s], e, w, b), site.y_ref), s, e)
-                             for s, e in port_opts)
+    port_opts = [
+        (s, e)
+        for s in stats
+        for e in _unique([e_ref, eps_port, 1e-5, 1e-3])
+        if (s, e) != (s_ref, e_ref) and not (s == s_ref and abs(e - e_ref) <= 1e-3 * e_ref)
+    ]
+    eh, s_port, e_port = min(
+        (rel(site.y_port, batchnorm(x, *stats[s], e, w, b), site.y_ref), s, e) for s, e in port_opts
+    )
     if not site.confirmed(eh, control):
         return None
     ev = numbers(site, eh, control)
     ev.update({"reference_statistics": s_ref, "port_statistics": s_port, "reference_eps": e_ref, "port_eps": e_port})
     if s_port != s_ref:
-        msg = (f"The port's BatchNorm normalises with {s_port.replace('_', ' ')} statistics where the reference uses "
-               f"{s_ref} statistics.")
+        msg = (
+            f"The port's BatchNorm normalises with {s_port.replace('_', ' ')} statistics where the reference uses "
+            f"{s_ref} statistics."
+        )
     else:
         msg = f"The port's BatchNorm uses epsilon {e_port:g} where the reference uses {e_ref:g}."
     use_ra = s_ref == "running"
-    fix = {"flax": f"nn.BatchNorm(use_running_average={use_ra}, epsilon={e_ref:g})",
-           "torch": ("model.eval()" if use_ra else "model.train()") + f"; nn.BatchNorm2d(C, eps={e_ref:g})"}
+    fix = {
+        "flax": f"nn.BatchNorm(use_running_average={use_ra}, epsilon={e_ref:g})",
+        "torch": ("model.eval()" if use_ra else "model.train()") + f"; nn.BatchNorm2d(C, eps={e_ref:g})",
+    }
     return site.finding("batchnorm_stats", msg, ev, fix)

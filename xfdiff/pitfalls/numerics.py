@@ -113,15 +113,22 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, fmt: str =
     return y if b is None else y + f64(b)
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
-           pads: tuple[tuple[int, int], tuple[int, int]], dilation: tuple[int, int] = (1, 1),
-           groups: int = 1, fmt: str = "fp32") -> np.ndarray:
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, int],
+    pads: tuple[tuple[int, int], tuple[int, int]],
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    fmt: str = "fp32",
+) -> np.ndarray:
     """Cross-correlation of ``x`` (N, C, H, W) with ``w`` (O, C/groups, kH, kW) in float64."""
     xx, ww = round_to(x, fmt), round_to(w, fmt)
     (plh, phh), (plw, phw) = pads
     xx = np.pad(xx, ((0, 0), (0, 0), (max(plh, 0), max(phh, 0)), (max(plw, 0), max(phw, 0))))
     # negative pads crop
-    xx = xx[:, :, max(-plh, 0): xx.shape[2] - max(-phh, 0), max(-plw, 0): xx.shape[3] - max(-phw, 0)]
+    xx = xx[:, :, max(-plh, 0) : xx.shape[2] - max(-phh, 0), max(-plw, 0) : xx.shape[3] - max(-phw, 0)]
     n, c, h, wd = xx.shape
     o, cg, kh, kw = ww.shape
     sh, sw = stride
@@ -133,12 +140,14 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int
     cols = np.empty((n, c, kh, kw, oh, ow))
     for i in range(kh):
         for j in range(kw):
-            cols[:, :, i, j] = xx[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
+            cols[:, :, i, j] = xx[
+                :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw
+            ]
     og = o // groups
     outs = []
     for g in range(groups):
-        cg_cols = cols[:, g * cg:(g + 1) * cg]
-        outs.append(np.einsum("nckluv,ockl->nouv", cg_cols, ww[g * og:(g + 1) * og]))
+        cg_cols = cols[:, g * cg : (g + 1) * cg]
+        outs.append(np.einsum("nckluv,ockl->nouv", cg_cols, ww[g * og : (g + 1) * og]))
     y = np.concatenate(outs, axis=1)
     return y if b is None else y + f64(b)[None, :, None, None]
 
@@ -146,9 +155,20 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int
 # --- normalisation ------------------------------------------------------------------------
 
 
-def norm(x: np.ndarray, *, kind: str = "ln", eps: float = 1e-5, ddof: int = 0, eps_outside: bool = False,
-         weight: np.ndarray | None = None, bias: np.ndarray | None = None, plus_one: bool = False,
-         rsqrt_fmt: str | None = None, fast: bool = False, axes: int = 1) -> np.ndarray:
+def norm(
+    x: np.ndarray,
+    *,
+    kind: str = "ln",
+    eps: float = 1e-5,
+    ddof: int = 0,
+    eps_outside: bool = False,
+    weight: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    plus_one: bool = False,
+    rsqrt_fmt: str | None = None,
+    fast: bool = False,
+    axes: int = 1,
+) -> np.ndarray:
     """LayerNorm (``kind='ln'``) or RMSNorm (``'rms'``) over the last ``axes`` axes.
 
     Args:
@@ -250,7 +270,7 @@ def rope(x: np.ndarray, layout: str, base: float = 10000.0, positions: np.ndarra
     ang = pos[:, None] * inv[None, :]  # (T, D/2)
     cos, sin = np.cos(ang), np.sin(ang)
     if layout == "half":
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     if layout == "interleaved":
         x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -261,9 +281,20 @@ def rope(x: np.ndarray, layout: str, base: float = 10000.0, positions: np.ndarra
     raise ValueError(layout)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, heads: int, kv_heads: int, rope_layout: str = "none",
-              rope_base: float = 10000.0, allowed: np.ndarray | None = None, scale: float | None = None,
-              kv_map: str = "repeat", empty_rows: str = "zeros") -> np.ndarray:
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    heads: int,
+    kv_heads: int,
+    rope_layout: str = "none",
+    rope_base: float = 10000.0,
+    allowed: np.ndarray | None = None,
+    scale: float | None = None,
+    kv_map: str = "repeat",
+    empty_rows: str = "zeros",
+) -> np.ndarray:
     """Multi-head attention from projected ``q, k, v`` (B, T, H·D) to the merged context (B, T, H·D).
 
     Args:
@@ -293,7 +324,10 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, heads: int, kv_hea
     p = e / np.where(den == 0, 1.0, den)
     out = p @ vh
     if allowed is not None and np.any(empty):
-        fill = {"zeros": np.zeros_like(out), "nan": np.full_like(out, np.nan),
-                "mean": np.broadcast_to(vh.mean(axis=2, keepdims=True), out.shape)}[empty_rows]
+        fill = {
+            "zeros": np.zeros_like(out),
+            "nan": np.full_like(out, np.nan),
+            "mean": np.broadcast_to(vh.mean(axis=2, keepdims=True), out.shape),
+        }[empty_rows]
         out = np.where(empty, fill, out)
     return out.transpose(0, 2, 1, 3).reshape(bsz, tq, -1)

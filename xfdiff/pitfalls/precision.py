@@ -28,12 +28,16 @@ FORMATS = {
     "tf32_trunc": ("tf32_matmul", "TF32 operands (10-bit mantissa, truncated)"),
 }
 FIX = {
-    "bf16_matmul": {"flax": "jax.config.update('jax_default_matmul_precision', 'highest')  # or "
-                            "nn.Dense(..., precision=jax.lax.Precision.HIGHEST)",
-                    "torch": "torch.set_float32_matmul_precision('highest')"},
-    "tf32_matmul": {"flax": "jax.config.update('jax_default_matmul_precision', 'highest')  # or "
-                            "precision=jax.lax.Precision.HIGHEST",
-                    "torch": "torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False"},
+    "bf16_matmul": {
+        "flax": "jax.config.update('jax_default_matmul_precision', 'highest')  # or "
+        "nn.Dense(..., precision=jax.lax.Precision.HIGHEST)",
+        "torch": "torch.set_float32_matmul_precision('highest')",
+    },
+    "tf32_matmul": {
+        "flax": "jax.config.update('jax_default_matmul_precision', 'highest')  # or "
+        "precision=jax.lax.Precision.HIGHEST",
+        "torch": "torch.backends.cuda.matmul.allow_tf32 = False; torch.backends.cudnn.allow_tf32 = False",
+    },
 }
 
 
@@ -41,6 +45,7 @@ def _operator(site: Site):
     """``op(fmt)``: the layer recomputed with operands rounded to ``fmt`` (None if not a matmul layer)."""
     lin = LinearSite(site)
     if lin.ok():
+
         def lin_op(x, w):
             return linear(x, w, lin.b)
 
@@ -90,8 +95,10 @@ def detect_matmul_precision(site: Site):
     pid, what = FORMATS[fmt]
     ev = numbers(site, eh, control)
     ev.update({"precision": fmt, **{f"eh_{k}": v for k, v in scored.items()}})
-    msg = (f"The port's matmul uses {what}: recomputing with such operands explains "
-           f"{100 * ev['explained']:.1f}% of the error.")
+    msg = (
+        f"The port's matmul uses {what}: recomputing with such operands explains "
+        f"{100 * ev['explained']:.1f}% of the error."
+    )
     return site.finding(pid, msg, ev, FIX[pid])
 
 
@@ -108,12 +115,21 @@ def detect_x64(site: Site):
     hi = 5.0 if how == "recompute" else 100.0
     if not 0.2 <= ratio <= hi:
         return None
-    ev = {"e0": e0, "eh": e0, "explained": 0.0, "float32_error": e32, "float32_estimate": how, "ratio": ratio,
-          "reference_dtype": "float64", "port_dtype": "float32"}
-    msg = (f"The port runs in float32 because jax_enable_x64 is off, against a float64 reference: its error "
-           f"(rel {e0:.2g}) is what float32 arithmetic gives here (rel {e32:.2g}).")
-    fix = {"flax": "jax.config.update('jax_enable_x64', True)  # before creating any array",
-           "torch": "model.double()"}
+    ev = {
+        "e0": e0,
+        "eh": e0,
+        "explained": 0.0,
+        "float32_error": e32,
+        "float32_estimate": how,
+        "ratio": ratio,
+        "reference_dtype": "float64",
+        "port_dtype": "float32",
+    }
+    msg = (
+        f"The port runs in float32 because jax_enable_x64 is off, against a float64 reference: its error "
+        f"(rel {e0:.2g}) is what float32 arithmetic gives here (rel {e32:.2g})."
+    )
+    fix = {"flax": "jax.config.update('jax_enable_x64', True)  # before creating any array", "torch": "model.double()"}
     return site.finding("x64_disabled", msg, ev, fix)
 
 

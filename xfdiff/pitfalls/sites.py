@@ -95,14 +95,28 @@ class Site:
         e0 = self.e0
         return control <= 3 * t and e0 > 10 * t and eh <= max(0.1 * e0, 3 * t)
 
-    def finding(self, pitfall: str, message: str, evidence: dict[str, Any], fix: dict[str, str] | str,
-                confidence: str = "confirmed") -> Finding:
+    def finding(
+        self,
+        pitfall: str,
+        message: str,
+        evidence: dict[str, Any],
+        fix: dict[str, str] | str,
+        confidence: str = "confirmed",
+    ) -> Finding:
         lyr = self.row.layer
         fx = fix if isinstance(fix, str) else fix.get(self.port, "")
         ev = {"site": self.kind, **({"where": self.target} if self.target else {})}
         ev.update({k: _clean(v) for k, v in evidence.items()})
-        return Finding(pitfall=pitfall, torch_path=lyr.torch_path, flax_path=lyr.flax_path, message=message,
-                       evidence=ev, fix=fx, call_index=lyr.call_index, confidence=confidence)
+        return Finding(
+            pitfall=pitfall,
+            torch_path=lyr.torch_path,
+            flax_path=lyr.flax_path,
+            message=message,
+            evidence=ev,
+            fix=fx,
+            call_index=lyr.call_index,
+            confidence=confidence,
+        )
 
 
 def _clean(v: Any) -> Any:
@@ -202,9 +216,15 @@ def _common(ev: Any, sides: _Sides, row: Any, kind: str, y_ref, y_port) -> Site:
     ref_first = sides.ref_is_torch
     port_trace = ev.flax_trace if ref_first else ev.torch_trace
     return Site(
-        row=row, kind=kind, reference=ev.reference, y_ref=f64(y_ref), y_port=f64(y_port),
-        ref_params=t_params if ref_first else f_params, port_params=f_params if ref_first else t_params,
-        ref_cfg=t_cfg if ref_first else f_cfg, port_cfg=f_cfg if ref_first else t_cfg,
+        row=row,
+        kind=kind,
+        reference=ev.reference,
+        y_ref=f64(y_ref),
+        y_port=f64(y_port),
+        ref_params=t_params if ref_first else f_params,
+        port_params=f_params if ref_first else t_params,
+        ref_cfg=t_cfg if ref_first else f_cfg,
+        port_cfg=f_cfg if ref_first else t_cfg,
         ref_type=row.torch.module_type if ref_first else row.flax.module_type,
         port_type=row.flax.module_type if ref_first else row.torch.module_type,
         dtypes=((lyr.torch_dtype, lyr.flax_dtype) if ref_first else (lyr.flax_dtype, lyr.torch_dtype)),
@@ -247,7 +267,7 @@ def _port_children(sides: _Sides, row: Any) -> list[CallRecord]:
             continue
         if r.key not in sides.port_row:
             continue
-        between = r.path[len(prefix):].split(".")[:-1]
+        between = r.path[len(prefix) :].split(".")[:-1]
         mids = [prefix + ".".join(between[: i + 1]) for i in range(len(between))]
         if not any(m in aligned for m in mids):
             kids.append(r)
@@ -295,16 +315,14 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
             site.sources, site.target = sources, krow.layer.label
             return site
         if krow.ref_key is not None and krow.port_key in kid.outputs and krow.transform is not None:
-            r, p = sides.to_torch(sides.ref_rec(krow).outputs[krow.ref_key], kid.outputs[krow.port_key],
-                                  krow.transform)
+            r, p = sides.to_torch(sides.ref_rec(krow).outputs[krow.ref_key], kid.outputs[krow.port_key], krow.transform)
             ctype = sides.ref_rec(krow).module_type
             ref_side = "torch" if sides.ref_is_torch else "flax"
             cparams = torch_convention(ev.params(ref_side, sides.ref_rec(krow).path), ref_side, ctype)
             sources.append(Source(sides.ref_rec(krow).path, r, p, ctype, cparams))
     if row.layer.local_status in (None, "ok") or row.ref_key is None or row.port_local is None:
         return None
-    y_ref, y_port = sides.to_torch(ref_parent.outputs[row.ref_key], row.port_local.outputs[row.port_key],
-                                   row.transform)
+    y_ref, y_port = sides.to_torch(ref_parent.outputs[row.ref_key], row.port_local.outputs[row.port_key], row.transform)
     last = [s for s in sources if not s.name.startswith("input:")][-1:]
     if last and _same(last[0].ref, y_ref) and _same(last[0].port, y_port):
         return None  # the module returns its last child's value: the error is that child's own
