@@ -222,7 +222,7 @@ def bench_dashboard(report, runs: int = 3) -> dict:
 def bench_html(report, driver, folder: Path) -> dict:
     import re
 
-    from xfdiff.html_export import write_html
+    from xfdiff.views.html_report import write_html
 
     t = time.perf_counter()
     path = write_html(report, folder / "report.html")

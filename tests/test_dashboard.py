@@ -13,11 +13,11 @@ from plotly.utils import PlotlyJSONEncoder
 
 import xfdiff
 from xfdiff.dashboard import callbacks as C
-from xfdiff.dashboard import figures as F
 from xfdiff.dashboard import ids
 from xfdiff.dashboard import layout as L
-from xfdiff.dashboard import tables as T
 from xfdiff.report import Finding, LayerDiff, Report
+from xfdiff.views import figures as F
+from xfdiff.views import tables as T
 
 
 def _plotly_json(fig: dict) -> str:
@@ -306,8 +306,8 @@ def _children(c):
 
 
 def test_views_handle_empty_nonfinite_and_mismatched_rows(tmp_path):
-    from xfdiff.html_export import report_html
     from xfdiff.metrics import error_detail
+    from xfdiff.views.html_report import report_html
 
     ref = np.linspace(-2, 2, 64, dtype=np.float32).reshape(4, 16)
     port = ref.copy()

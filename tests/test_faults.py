@@ -331,7 +331,7 @@ def test_hostile_module_names_are_kept_as_data(tmp_path):
 
 
 def test_hostile_module_names_are_escaped_in_html(tmp_path):
-    pytest.importorskip("xfdiff.html_export")
+    pytest.importorskip("xfdiff.views.html_report")
     pt, port, x = hostile_pair()
     report = run(pt, port, x)
     html = (tmp_path / "r.html").read_text() if report.to_html(tmp_path / "r.html") else ""

@@ -10,8 +10,8 @@ import re
 import pytest
 from conftest import EVIL, EVIL_IMG
 
-from xfdiff import html_export
 from xfdiff.demo import large_report
+from xfdiff.views import html_report
 
 
 def _embedded(page: str, script_id: str) -> str:
@@ -45,9 +45,9 @@ def test_report_file_references_nothing_remote(demo_page):
 def test_report_file_carries_the_dashboards_plotly_bundle_inline(demo_page):
     from importlib import resources
 
-    from xfdiff.dashboard import PLOTLY_BUNDLE
+    from xfdiff.views.static import PLOTLY_BUNDLE
 
-    bundle = (resources.files("xfdiff") / "dashboard" / "assets" / PLOTLY_BUNDLE).read_text(encoding="utf-8")
+    bundle = (resources.files("xfdiff") / "views" / "assets" / PLOTLY_BUNDLE).read_text(encoding="utf-8")
     inline = _unpacked(demo_page, "xf-plotly")
     assert inline == bundle
     assert "plotly.js" in inline[:300] and "MIT" in inline[:300]  # the bundle's licence header travels with it
@@ -63,7 +63,7 @@ def test_report_file_states_first_divergence_without_javascript(demo_report, dem
 
 
 def test_report_file_has_every_layers_facts_and_the_dashboard_figures(demo_report, demo_page):
-    from xfdiff.dashboard import figures as F
+    from xfdiff.views import figures as F
 
     blob = json.loads(_unpacked(demo_page, "xf-layers"))
     assert set(blob["base"]) == {str(lyr.order) for lyr in demo_report.layers}
@@ -97,9 +97,9 @@ def test_hostile_names_are_escaped_everywhere(evil_report, tmp_path):
 @pytest.mark.slow
 def test_thousand_call_report_stays_under_six_megabytes(tmp_path):
     report = large_report(1000, positions=32, channels=256)
-    path = html_export.write_html(report, tmp_path / "big.html")
+    path = html_report.write_html(report, tmp_path / "big.html")
     size = (tmp_path / "big.html").stat().st_size
-    assert size <= html_export.MAX_BYTES
+    assert size <= html_report.MAX_BYTES
     page = open(path, encoding="utf-8").read()
     blob = json.loads(_unpacked(page, "xf-layers"))
     assert len(blob["base"]) == 1000
@@ -107,19 +107,19 @@ def test_thousand_call_report_stays_under_six_megabytes(tmp_path):
 
 
 def test_plots_are_dropped_by_interest_when_space_is_short(demo_report):
-    full = len(html_export.report_html(demo_report).encode("utf-8"))
-    page = html_export.report_html(demo_report, max_bytes=full - 60_000)
+    full = len(html_report.report_html(demo_report).encode("utf-8"))
+    page = html_report.report_html(demo_report, max_bytes=full - 60_000)
     assert len(page.encode("utf-8")) <= full - 60_000
     blob = json.loads(_unpacked(page, "xf-layers"))
     kept = [int(k) for k in blob["figs"]]
     assert 0 < len(kept) < len(demo_report.layers)
     assert kept[0] == demo_report.first_divergence.order
-    assert kept == [o for o in html_export.plot_priority(demo_report) if o in set(kept)]
+    assert kept == [o for o in html_report.plot_priority(demo_report) if o in set(kept)]
     assert f"{len(kept)} of {len(demo_report.layers)} layers have plots" in page
 
 
 def test_plot_priority_starts_with_first_divergence_then_own_error(demo_report):
-    order = html_export.plot_priority(demo_report)
+    order = html_report.plot_priority(demo_report)
     assert order[0] == demo_report.first_divergence.order
     own_bad = {lyr.order for lyr in demo_report.layers if lyr.local_status == "diverged"}
     assert set(order[: len(own_bad)]) == own_bad

@@ -16,8 +16,7 @@ from .errors import XfdiffError
 from .metrics import Tolerance
 from .report import Finding, LayerDiff, Report
 from .tap import tap
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "Finding",

@@ -107,8 +107,8 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_html(args) -> int:
-    from .html_export import write_html
     from .storage import load_report
+    from .views.html_report import write_html
 
     report = load_report(args.file)
     try:

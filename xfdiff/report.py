@@ -2,7 +2,9 @@
 
 A report is plain data (numbers, strings, small numpy arrays) so it can be
 saved, loaded, rendered as text, HTML or a dashboard without either framework
-installed.
+installed. Its rendering methods delegate to :mod:`xfdiff.views`, which never
+imports this module at run time (see that package's docstring for the import
+rule); saving delegates to :mod:`xfdiff.storage` and :mod:`xfdiff.mapping`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import LayerNotFound, did_you_mean
+from .mapping import save_mapping
 from .trace import display_path
+from .views.html_report import write_html
+from .views.notebook import notebook_card
+from .views.text import summary_text
 
 STATUSES = ("ok", "diverged", "nonfinite", "shape_mismatch", "unmatched")
 
@@ -171,8 +178,6 @@ class Report:
         for lyr in self.layers:
             if path in (lyr.torch_path, lyr.flax_path) and lyr.call_index == call_index:
                 return lyr
-        from .errors import LayerNotFound, did_you_mean
-
         names = [p for lyr in self.layers for p in (lyr.torch_path, lyr.flax_path) if p]
         raise LayerNotFound(f"No layer {path!r} (call {call_index}) in this report." + did_you_mean(path, names))
 
@@ -187,8 +192,6 @@ class Report:
 
     def summary(self, max_rows: int = 12) -> str:
         """Plain-text summary for a terminal."""
-        from .textview import summary_text
-
         return summary_text(self, max_rows=max_rows)
 
     def __str__(self) -> str:
@@ -200,19 +203,16 @@ class Report:
         return f"<xfdiff.Report {len(self.layers)} layers, first divergence: {where}, {len(self.findings)} finding(s)>"
 
     def _repr_html_(self) -> str:
-        from .html_export import notebook_html
-
-        return notebook_html(self)
+        """The notebook card: verdict, findings and an inline SVG depth plot (no plotly.js)."""
+        return notebook_card(self)
 
     def to_html(self, path) -> str:
         """Write a self-contained HTML report (opens offline) and return its path."""
-        from .html_export import write_html
-
         return write_html(self, path)
 
     def save(self, path) -> str:
         """Save as ``.xfd`` (a zip of JSON + safetensors; no pickle). Returns the path."""
-        from .storage import save_report
+        from .storage import save_report  # storage builds Reports, so it imports this module: not at module level
 
         return save_report(self, path)
 
@@ -222,6 +222,4 @@ class Report:
         Each pair's reason and confidence are written beside it (``found_by``).
         Returns the path.
         """
-        from .mapping import save_mapping
-
         return save_mapping(self.meta.get("alignment", {}), path)

@@ -1,10 +1,11 @@
 """The interactive dashboard (Dash): ``xfdiff.serve(report)`` or ``xfdiff serve FILE``.
 
-Modules: :mod:`.ids` (component ids), :mod:`.figures` (pure report ->
-figures, shared with the HTML report), :mod:`.tables` (pure report -> rows
-and text, shared by every view), :mod:`.notebook` (the notebook card),
-:mod:`.layout` (the page), :mod:`.callbacks`. Only :func:`create_app` and
-:func:`serve` import Dash.
+Modules: :mod:`.ids` (component ids), :mod:`.layout` (the page),
+:mod:`.callbacks`; ``assets/`` holds the dashboard's own stylesheet and the
+module table's script. Figures, tables, the stylesheet shared with the HTML
+report and the plotly.js bundle come from :mod:`xfdiff.views`, which does not
+import this package. Importing this package loads no Dash; :func:`create_app`
+(and so :func:`serve`) does.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import warnings
 import webbrowser
 from typing import Any
 
+from ..errors import ConfigError, ModelTypeError
 from ..report import Report
+from ..storage import load_report
+from ..views.static import PLOTLY_BUNDLE, asset_path
 
-__all__ = ["create_app", "load_any", "port_free", "serve"]
+__all__ = ["PLOTLY_BUNDLE", "create_app", "load_any", "port_free", "serve"]
 
-#: The plotly.js bundle the page loads: the official "cartesian" partial build
-#: (every trace type :mod:`.figures` draws), a third of the full bundle's size,
-#: so the browser parses and compiles far less before the first plot. dcc.Graph
-#: uses ``window.Plotly`` when it is defined and only fetches the full bundle
-#: otherwise.
-PLOTLY_BUNDLE = "plotly-cartesian-4.1.1.min.js"
+# The page loads the views' partial plotly.js bundle (PLOTLY_BUNDLE), served at
+# assets/PLOTLY_BUNDLE beside this package's own assets. dcc.Graph uses
+# ``window.Plotly`` when it is defined and only fetches the full bundle otherwise.
 _ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 
 # The page. Paths are relative to it, so the app also works behind a proxy's
@@ -69,11 +70,7 @@ def load_any(report_or_path: Report | str | os.PathLike) -> Report:
     if isinstance(report_or_path, Report):
         return report_or_path
     if isinstance(report_or_path, (str, os.PathLike)):
-        from ..storage import load_report
-
         return load_report(report_or_path)
-    from ..errors import ModelTypeError
-
     raise ModelTypeError(
         f"serve() needs an xfdiff.Report or the path of a saved .xfd file, got {type(report_or_path).__name__}."
     )
@@ -90,6 +87,7 @@ def create_app(report: Report | str | os.PathLike, title: str | None = None):
         A ``dash.Dash`` application.
     """
     from dash import Dash
+    from flask import send_file
 
     from .callbacks import register
     from .layout import build_layout, css
@@ -104,6 +102,13 @@ def create_app(report: Report | str | os.PathLike, title: str | None = None):
         assets_ignore=".*",
     )
     app.index_string = _INDEX % (css(), f"assets/{PLOTLY_BUNDLE}")
+    # The bundle lives with the views (the HTML report embeds it); an exact rule
+    # outranks the assets folder's catch-all, so it is served at the same URL.
+    app.server.add_url_rule(
+        f"{app.config.routes_pathname_prefix}assets/{PLOTLY_BUNDLE}",
+        "xfdiff_plotly_bundle",
+        lambda: send_file(asset_path(PLOTLY_BUNDLE), mimetype="text/javascript"),
+    )
     selected = fd.order if fd is not None else (0 if report.layers else None)
     app.layout = build_layout(report, selected)
     register(app, report)
@@ -155,8 +160,6 @@ def serve(
     Raises:
         ConfigError: the port is out of range, in use, or ``host`` is not an address of this machine.
     """
-    from ..errors import ConfigError
-
     if not 0 < int(port) < 65536:
         raise ConfigError(f"port must be between 1 and 65535, got {port}.")
     if not port_free(host, port):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dash import ALL, Dash, Input, Output, Patch, State, ctx, dcc, no_update
 
 from ..report import Report
-from . import figures as F
+from ..storage import report_bytes
+from ..views import figures as F
+from ..views import tables as T
+from ..views.html_report import report_html
 from . import ids
-from . import tables as T
 from .layout import detail_parts, grid_rows
 
 DETAIL_OUTPUTS = (
@@ -126,11 +128,7 @@ def register(app: Dash, report: Report) -> None:
 def download_payload(report: Report, which: str):
     """``dcc.Download`` data for the saved report (``.xfd``) or the HTML report."""
     if which == ids.DOWNLOAD_XFD:
-        from ..storage import report_bytes
-
         return dcc.send_bytes(report_bytes(report), "report.xfd")
     if which == ids.DOWNLOAD_HTML:
-        from ..html_export import report_html
-
         return dcc.send_string(report_html(report), "report.html")
     return no_update

@@ -1,8 +1,8 @@
 """The dashboard page: verdict first, then findings, error vs depth, the module table and the detail.
 
 Every name from a model reaches the page as a component's text, never as
-markup, so Dash escapes it. Figures come from :mod:`.figures`, text from
-:mod:`.tables`.
+markup, so Dash escapes it. Figures come from :mod:`xfdiff.views.figures`, text
+from :mod:`xfdiff.views.tables`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dash import dcc, html
 from dash.development.base_component import Component
 
 from ..report import Finding, LayerDiff, Report
-from . import figures as F
+from ..views import figures as F
+from ..views import tables as T
+from ..views.static import asset_text
 from . import ids
-from . import tables as T
 
 GRAPH_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 SMALL_GRAPH_CONFIG = {"displayModeBar": False}
@@ -23,7 +24,7 @@ SMALL_GRAPH_CONFIG = {"displayModeBar": False}
 
 def css() -> str:
     """The page's stylesheet: the one shared with the HTML report, then the dashboard's own."""
-    shared = (resources.files("xfdiff") / "assets" / "xfdiff.css").read_text(encoding="utf-8")
+    shared = asset_text("xfdiff.css")
     own = (resources.files("xfdiff.dashboard") / "assets" / "dashboard.css").read_text(encoding="utf-8")
     return shared + "\n" + own
 

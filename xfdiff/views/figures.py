@@ -15,12 +15,15 @@ model is escaped before it reaches a title, label or hover text.
 
 from __future__ import annotations
 
-import html
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..report import LayerDiff, Report
+from .escape import esc
+
+if TYPE_CHECKING:
+    from ..report import LayerDiff, Report
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 STATUS_COLORS = {
@@ -51,11 +54,6 @@ AXIS = {
     "automargin": True,
     "title": {"font": {"size": 12}},
 }
-
-
-def esc(text: object) -> str:
-    """HTML-escape anything shown in a plot (plotly interprets some tags)."""
-    return html.escape(str(text), quote=True)
 
 
 def sci(x: float | None) -> str:
@@ -156,14 +154,15 @@ def tolerance_of(report: Report) -> float:
     return float(np.median(vals)) if vals else 1e-5
 
 
-def _floor(values: list[float | None], atol: float) -> float:
+def log_floor(values: list[float | None], atol: float) -> float:
     """Where exact zeros sit on a log axis: a decade below the smallest error shown."""
     pos = [v for v in values if v is not None and v == v and 0 < v < math.inf]
     lo = min(pos + [atol])
     return 10 ** (math.floor(math.log10(lo)) - 1)
 
 
-def _on_log(values: list[float | None], floor: float) -> list[float | None]:
+def on_log(values: list[float | None], floor: float) -> list[float | None]:
+    """Values ready for a log axis: zeros and negatives at ``floor``, NaN and infinity left out (None)."""
     return [None if v is None or v != v else (floor if v <= 0 else (v if v < math.inf else None)) for v in values]
 
 
@@ -224,7 +223,7 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
     atol = tolerance_of(report)
     prop = [lyr.max_abs for lyr in layers]
     local = [lyr.local_max_abs for lyr in layers]
-    floor = _floor(prop + local, atol)
+    floor = log_floor(prop + local, atol)
     x = [lyr.order for lyr in layers]
     hover = [
         f"<b>{esc(lyr.label)}</b><br>{esc(lyr.torch_type or '?')} / {esc(lyr.flax_type or '?')}"
@@ -237,7 +236,7 @@ def depth_figure(report: Report, selected: int | None = None, height: int = 340)
             # work on the line's vertices, and a thousand fewer SVG paths draw faster.
             "type": "scatter",
             "x": x,
-            "y": _on_log(prop, floor),
+            "y": on_log(prop, floor),
             "mode": "lines+markers" if len(x) <= 300 else "lines",
             "name": "propagated (whole model up to here)",
             "line": {"color": PROPAGATED_COLOR, "width": 1.5},
@@ -429,7 +428,7 @@ def profile_figure(lyr: LayerDiff, which: str = "local", height: int = 250) -> d
         return empty_figure("no per-channel profile recorded", height)
     prof = np.asarray(d["profile"], dtype=float)
     atol = lyr.atol if lyr.atol == lyr.atol else 1e-5
-    floor = _floor(prof.tolist(), atol)
+    floor = log_floor(prof.tolist(), atol)
     y = np.where(np.isfinite(prof), np.maximum(prof, floor), np.nan)
     trace = {
         "type": "scatter",

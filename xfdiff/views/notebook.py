@@ -9,18 +9,17 @@ model is escaped.
 
 from __future__ import annotations
 
-import html
 import math
+from typing import TYPE_CHECKING
 
-from ..report import Report
 from . import figures as F
 from . import tables as T
+from .escape import esc
+
+if TYPE_CHECKING:
+    from ..report import Report
 
 _MONO = "ui-monospace,Menlo,Consolas,monospace"
-
-
-def esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _scale_y(lo: float, hi: float, top: float, bottom: float):
@@ -37,8 +36,8 @@ def depth_svg(report: Report, width: int = 720, height: int = 200) -> str:
     atol = F.tolerance_of(report)
     prop = [lyr.max_abs for lyr in layers]
     own = [lyr.local_max_abs for lyr in layers]
-    floor = F._floor(prop + own, atol)
-    vals = [v for v in F._on_log(prop + own, floor) if v is not None] + [atol, floor]
+    floor = F.log_floor(prop + own, atol)
+    vals = [v for v in F.on_log(prop + own, floor) if v is not None] + [atol, floor]
     hi = 10 ** math.ceil(math.log10(max(vals)))
     left, right, top, bottom = 52, width - 10, 12, height - 26
 
@@ -58,10 +57,10 @@ def depth_svg(report: Report, width: int = 720, height: int = 200) -> str:
             f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" fill="#666">{label}</text>'
         )
     parts.append(_atol_line(sy(atol), left, right, atol))
-    line = zip(layers, F._on_log(prop, floor), strict=True)
+    line = zip(layers, F.on_log(prop, floor), strict=True)
     pts = " ".join(f"{sx(lyr.order):.1f},{sy(v):.1f}" for lyr, v in line if v)
     parts.append(f'<polyline points="{pts}" fill="none" stroke="{F.PROPAGATED_COLOR}" stroke-width="1.4"/>')
-    parts += _own_marks(layers, F._on_log(own, floor), sx, sy)
+    parts += _own_marks(layers, F.on_log(own, floor), sx, sy)
     fd = report.first_divergence
     if fd is not None:
         x = sx(fd.order)
@@ -112,7 +111,7 @@ def _verdict_block(report: Report) -> str:
     if fd is not None:
         paths = (
             f'<div style="font-family:{_MONO};font-size:12px;color:#444;margin-top:3px">torch: '
-            f"{esc(T._path(fd.torch_path))} · flax: {esc(T._path(fd.flax_path))}</div>"
+            f"{esc(T.path_text(fd.torch_path))} · flax: {esc(T.path_text(fd.flax_path))}</div>"
         )
     cause = ""
     if v.cause is not None:

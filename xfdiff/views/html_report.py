@@ -4,8 +4,9 @@ The report file opens offline: plotly.js (the dashboard's partial bundle with
 the cartesian trace types) and the per-layer plots are stored inside it, gzip-compressed and base64-encoded, and unpacked by the browser
 (``DecompressionStream``); no remote script or stylesheet is referenced. The
 verdict, findings and unmatched modules are plain HTML, readable without
-JavaScript. Plots come from :mod:`xfdiff.dashboard.figures`, text from
-:mod:`xfdiff.dashboard.tables`, so the file shows what the dashboard shows.
+JavaScript. Plots come from :mod:`.figures`, text from :mod:`.tables`, the
+same functions the dashboard builds its page from, so the file shows what the
+dashboard shows.
 
 A large report's plots may not all fit the size cap (6 MB by default): layers
 get their plots in order of interest (first divergence, findings, own error,
@@ -24,12 +25,20 @@ import math
 import os
 import zlib
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .report import Finding, Report
+from ..version import __version__
+from . import figures as F
+from . import tables as T
+from .escape import esc
+from .notebook import notebook_card
+from .static import PLOTLY_BUNDLE, asset_text
+
+if TYPE_CHECKING:
+    from ..report import Finding, Report
 
 MAX_BYTES = 6_000_000
 _TYPED = {
@@ -42,13 +51,6 @@ _TYPED = {
     "float32": "f4",
     "float64": "f8",
 }
-
-
-def esc(text: object) -> str:
-    """Escape text for HTML element content and attribute values."""
-    import html
-
-    return html.escape(str(text), quote=True)
 
 
 # --- JSON for the page ---------------------------------------------------------------------
@@ -99,25 +101,16 @@ def _packed(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
 
 
-def _asset(name: str) -> str:
-    return (resources.files("xfdiff") / "assets" / name).read_text(encoding="utf-8")
-
-
 @functools.lru_cache(maxsize=1)
 def _plotly_packed() -> str:
-    """The dashboard's partial plotly.js bundle (every trace type xfdiff draws), gzip + base64, once per process."""
-    from .dashboard import PLOTLY_BUNDLE
-
-    bundle = resources.files("xfdiff") / "dashboard" / "assets" / PLOTLY_BUNDLE
-    return _packed(bundle.read_text(encoding="utf-8"))
+    """The partial plotly.js bundle (every trace type xfdiff draws), gzip + base64, once per process."""
+    return _packed(asset_text(PLOTLY_BUNDLE))
 
 
 # --- per-layer payload ---------------------------------------------------------------------
 
 
 def _finding_json(f: Finding) -> dict:
-    from .dashboard import tables as T
-
     return {
         "pitfall": f.pitfall,
         "where": T.finding_where(f),
@@ -128,8 +121,6 @@ def _finding_json(f: Finding) -> dict:
 
 
 def _base_entry(report: Report, lyr) -> dict:
-    from .dashboard import tables as T
-
     idx = [report.findings.index(f) for f in T.findings_for(report, lyr)]
     worst = {"propagated": T.worst_elements(lyr, "propagated")}
     if lyr.local_detail:
@@ -138,8 +129,6 @@ def _base_entry(report: Report, lyr) -> dict:
 
 
 def _figures_entry(lyr) -> dict:
-    from .dashboard import figures as F
-
     figs = {"propagated": F.detail_figures(lyr, "propagated")}
     if lyr.local_detail:
         figs["local"] = F.detail_figures(lyr, "local")
@@ -148,8 +137,6 @@ def _figures_entry(lyr) -> dict:
 
 def plot_priority(report: Report) -> list[int]:
     """Layer orders in the order their plots are embedded when space is short."""
-    from .dashboard import tables as T
-
     fd = report.first_divergence
     first = [fd.order] if fd is not None else []
     with_findings = [lyr.order for lyr in report.layers if T.findings_for(report, lyr)]
@@ -193,8 +180,6 @@ def _layer_blob(report: Report, budget: int) -> tuple[str, int]:
 
 
 def _findings_html(report: Report) -> str:
-    from .dashboard import tables as T
-
     if not report.findings:
         return ""
     order_of = {}
@@ -217,8 +202,6 @@ def _findings_html(report: Report) -> str:
 
 
 def _summary_html(report: Report) -> str:
-    from .dashboard import tables as T
-
     v = T.verdict(report)
     cause = ""
     if v.cause is not None:
@@ -248,8 +231,6 @@ def _summary_html(report: Report) -> str:
 
 
 def _unmatched_html(report: Report) -> str:
-    from .dashboard import tables as T
-
     parts = []
     for side, name in (("torch", "PyTorch"), ("flax", "Flax")):
         rows = T.unmatched_rows(report, side)
@@ -268,9 +249,6 @@ def _unmatched_html(report: Report) -> str:
 
 
 def _header_html(report: Report) -> str:
-    from . import __version__
-    from .dashboard import tables as T
-
     tm, fm = T.model_names(report)
     ref = report.reference
     fw = report.meta.get("flax_framework", "flax")
@@ -348,9 +326,6 @@ def _body_html(report: Report, n_plots: int) -> str:
 
 
 def _meta_json(report: Report) -> dict:
-    from .dashboard import figures as F
-    from .dashboard import tables as T
-
     fd = report.first_divergence
     first = fd.order if fd is not None else (0 if report.layers else None)
     return {
@@ -380,12 +355,12 @@ def report_html(report: Report, max_bytes: int = MAX_BYTES) -> str:
         return (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{_asset('xfdiff.css')}</style></head><body>"
+            f"<title>{esc(title)}</title><style>{asset_text('xfdiff.css')}</style></head><body>"
             + _body_html(report, n_plots)
             + f'<script type="application/json" id="xf-meta">{meta}</script>'
             + f'<script type="text/plain" id="xf-plotly">{plotly_packed}</script>'
             + f'<script type="text/plain" id="xf-layers">{layer_blob}</script>'
-            + f"<script>{_asset('report.js')}</script></body></html>"
+            + f"<script>{asset_text('report.js')}</script></body></html>"
         )
 
     fixed = len(page("", len(report.layers)).encode("utf-8")) + 2048
@@ -413,6 +388,4 @@ def write_html(report: Report, path: str | os.PathLike, max_bytes: int = MAX_BYT
 
 def notebook_html(report: Report) -> str:
     """Compact HTML for Jupyter: verdict, first divergence, findings and the depth plot (inline SVG)."""
-    from .dashboard.notebook import notebook_card
-
     return notebook_card(report)

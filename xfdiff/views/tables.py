@@ -9,11 +9,14 @@ HTML (Dash and the report's JavaScript set text, never markup).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..report import Finding, LayerDiff, Report
 from .figures import detail_arrays, sci
+
+if TYPE_CHECKING:
+    from ..report import Finding, LayerDiff, Report
 
 
 @dataclass
@@ -148,8 +151,8 @@ def layer_facts(lyr: LayerDiff) -> list[tuple[str, str]]:
     """(label, value) pairs describing one aligned call, for the detail view."""
     conf = f" (confidence {lyr.confidence:.2f})" if lyr.match else ""
     facts = [
-        ("torch path", _path(lyr.torch_path)),
-        ("flax path", _path(lyr.flax_path)),
+        ("torch path", path_text(lyr.torch_path)),
+        ("flax path", path_text(lyr.flax_path)),
         ("module types", f"{lyr.torch_type or '?'} / {lyr.flax_type or '?'}"),
         ("call index", str(lyr.call_index)),
         ("output shapes", f"{_shape(lyr.torch_shape)} (torch) / {_shape(lyr.flax_shape)} (flax)"),
@@ -176,7 +179,8 @@ def layer_facts(lyr: LayerDiff) -> list[tuple[str, str]]:
     return facts
 
 
-def _path(p: str | None) -> str:
+def path_text(p: str | None) -> str:
+    """A module path as shown: ``(root)`` for the model itself, a dash for a missing side."""
     if p is None:
         return "— (unmatched)"
     return p if p else "(root)"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .report import LayerDiff, Report
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..report import LayerDiff, Report
 
 
 def fmt(x: float | None) -> str:
