@@ -11,6 +11,7 @@ import this package. Importing this package loads no Dash; :func:`create_app`
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import threading
@@ -179,8 +180,6 @@ def serve(
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     if not debug:
         # A local viewer: per-request lines and the production-server warning are noise here.
-        import logging
-
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         app.logger.setLevel(logging.WARNING)
     return app.run(host=host, port=port, debug=debug, use_reloader=False, **run_kwargs)

@@ -1,7 +1,8 @@
-"""HTML views of a report: the notebook summary and the self-contained report file.
+"""The self-contained HTML report file (``Report.to_html``, ``xfdiff html``).
 
-The report file opens offline: plotly.js (the dashboard's partial bundle with
-the cartesian trace types) and the per-layer plots are stored inside it, gzip-compressed and base64-encoded, and unpacked by the browser
+The file opens offline: plotly.js (the partial bundle with the cartesian trace
+types, the one the dashboard serves) and the per-layer plots are stored inside
+it, gzip-compressed and base64-encoded, and unpacked by the browser
 (``DecompressionStream``); no remote script or stylesheet is referenced. The
 verdict, findings and unmatched modules are plain HTML, readable without
 JavaScript. Plots come from :mod:`.figures`, text from :mod:`.tables`, the
@@ -34,7 +35,6 @@ from ..version import __version__
 from . import figures as F
 from . import tables as T
 from .escape import esc
-from .notebook import notebook_card
 from .static import PLOTLY_BUNDLE, asset_text
 
 if TYPE_CHECKING:
@@ -384,8 +384,3 @@ def write_html(report: Report, path: str | os.PathLike, max_bytes: int = MAX_BYT
     tmp.write_text(report_html(report, max_bytes=max_bytes), encoding="utf-8")
     os.replace(tmp, path)
     return str(path)
-
-
-def notebook_html(report: Report) -> str:
-    """Compact HTML for Jupyter: verdict, first divergence, findings and the depth plot (inline SVG)."""
-    return notebook_card(report)
