@@ -273,7 +273,7 @@ def test_backends_import_only_the_shared_module_and_the_package_loads_no_framewo
     from pathlib import Path
 
     pkg = Path(stats.__file__).parent
-    for name in ("_numpy", "_numba", "_jax"):
+    for name in ("_numpy", "_numba", "_jax", "_torch"):
         tree = ast.parse((pkg / f"{name}.py").read_text())
         local = set()
         for node in ast.walk(tree):

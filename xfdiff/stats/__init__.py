@@ -9,9 +9,10 @@
   registry device backends join.
 - Backends, one file each, importing only ``common``: ``_numpy`` (the float64
   reference: :func:`compare_arrays`, :func:`error_detail`), ``_numba`` (one
-  compiled host pass), ``_jax`` (fused XLA kernels, sharded arrays in place).
+  compiled host pass), ``_jax`` (fused XLA kernels, sharded arrays in place),
+  ``_torch`` (torch ops on the tensor's own device).
 
-Importing this package imports neither numba nor JAX; a backend loads its
+Importing this package imports no numba, JAX or torch; a backend loads its
 library on first use.
 """
 

@@ -38,7 +38,7 @@ from .common import Stats
 ROUTES: dict[str, tuple[str, ...]] = {
     "numpy": ("_numba", "_jax"),  # finite float32 up to a block: numba; larger, or half precision: XLA
     "jax": ("_jax",),  # reduced where the array lives, sharded arrays included
-    "torch": (),  # device slot: "_torch" (torch ops on the tensor's own device) joins here
+    "torch": ("_torch",),  # torch ops on the tensor's own device (CPU or CUDA)
 }
 
 _MODULES: dict[str, Any] = {}
