@@ -55,7 +55,7 @@ STAGES = {
     "rows (stats + detail)": ("xfdiff.engine", "_rows"),
     "final output": ("xfdiff.engine", "_final_row"),
     "teacher forcing (incl. its capture)": ("xfdiff.engine", "localize"),
-    "fused statistics (inside rows and teacher forcing)": ("xfdiff.fastmetrics", "compare_fast"),
+    "statistics backends (rows, teacher forcing, fingerprints, layout checks)": ("xfdiff.stats.dispatch", "_first"),
     "diagnose": ("xfdiff.engine", "_diagnose"),
     "environment checks": ("xfdiff.engine", "_environment"),
 }

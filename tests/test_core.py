@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import xfdiff
-from xfdiff.metrics import Tolerance, compare_arrays, error_detail
 from xfdiff.report import Finding, LayerDiff, Report, Unmatched
+from xfdiff.stats import Tolerance, compare_arrays, error_detail
 from xfdiff.storage import load_report, save_report
 from xfdiff.trace import canonical_path
 

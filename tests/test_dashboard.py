@@ -306,7 +306,7 @@ def _children(c):
 
 
 def test_views_handle_empty_nonfinite_and_mismatched_rows(tmp_path):
-    from xfdiff.metrics import error_detail
+    from xfdiff.stats import error_detail
     from xfdiff.views.html_report import report_html
 
     ref = np.linspace(-2, 2, 64, dtype=np.float32).reshape(4, 16)

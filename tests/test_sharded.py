@@ -28,8 +28,7 @@ SCRIPT = textwrap.dedent(
     from jax._src.array import ArrayImpl
 
     import xfdiff
-    from xfdiff import fastmetrics
-    from xfdiff.metrics import compare_arrays, error_detail
+    from xfdiff.stats import _jax, compare_arrays, error_detail, stats_and_detail
 
     out = {"devices": len(jax.devices())}
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
@@ -41,7 +40,7 @@ SCRIPT = textwrap.dedent(
     port_host = ref + rng.standard_normal(ref.shape).astype(np.float32) * 1e-4
     port_host[3, 2, 1] = np.nan
     port = jax.device_put(port_host, act)
-    s, det = fastmetrics.compare_fast(ref, port, 1e-5, 1e-5)
+    s, det = stats_and_detail(ref, port, 1e-5, 1e-5, detail=True)
     s0, det0 = compare_arrays(ref, port_host, 1e-5, 1e-5), error_detail(ref, port_host)
     out["stats"] = [[getattr(s, k), getattr(s0, k)] for k in ("max_abs", "mean_abs", "rel_l2", "frac_outside",
                                                              "n_nonfinite", "nonfinite_mismatch")]
@@ -49,8 +48,8 @@ SCRIPT = textwrap.dedent(
     out["detail_keys_same"] = set(det) == set(det0)
 
     # 2. what XLA compiled for the statistics: per-shard inputs, an all-reduce, no all-gather
-    kernel = fastmetrics._kernels()[0]
-    r2, p2 = ref.reshape(128, 64), port.reshape(128, 64)  # (rows, channels), as compare_fast views them
+    kernel = _jax._kernels()[0]
+    r2, p2 = ref.reshape(128, 64), port.reshape(128, 64)  # (rows, channels), as the JAX backend views them
     row_bins = (np.arange(128) // 4).astype(np.int32)
     hlo = kernel.lower(r2, p2, np.float32(1e-5), np.float32(1e-5), row_bins, detail=False,
                        n_row_bins=32).compile().as_text()
@@ -163,19 +162,18 @@ def test_a_bug_in_a_sharded_port_is_found_at_its_layer(result):
 
 @pytest.mark.parametrize("shape", [(3, 70, 50), (4000,), (40, 33), (2, 1, 9000)])
 def test_fused_statistics_in_row_blocks_equal_the_numpy_reference(shape, monkeypatch):
-    """The fused path, cut into blocks of rows, gives metrics.compare_arrays / error_detail's numbers."""
+    """The fused path, cut into blocks of rows, gives stats.compare_arrays / error_detail's numbers."""
     import numpy as np
 
-    from xfdiff import fastmetrics
-    from xfdiff.metrics import compare_arrays, error_detail
+    from xfdiff.stats import _jax, common, compare_arrays, error_detail
 
-    monkeypatch.setattr(fastmetrics, "BLOCK", 1000)
+    monkeypatch.setattr(common, "BLOCK", 1000)
     rng = np.random.default_rng(3)
     r = rng.standard_normal(shape).astype(np.float32)
     scale = 10.0 ** rng.integers(-8, -2, shape)
     p = (r + rng.standard_normal(shape) * scale).astype(np.float32)
     p.flat[11], p.flat[20], r.flat[30], p.flat[30] = r.flat[11], np.nan, np.inf, np.inf
-    ours, det = fastmetrics.compare_fast(r, p, 1e-5, 1e-5)
+    ours, det = _jax.compare_fused(r, p, 1e-5, 1e-5)
     ref, ref_det = compare_arrays(r, p, 1e-5, 1e-5), error_detail(r, p)
     for k in (
         "max_abs",
@@ -195,7 +193,7 @@ def test_fused_statistics_in_row_blocks_equal_the_numpy_reference(shape, monkeyp
         if k.startswith("worst"):  # ties among non-finite errors may come in another order
             got, want = np.sort(got), np.sort(want)
         np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=k)
-    n, s1, s2, lo, hi = fastmetrics.fingerprint_sums(np.nan_to_num(r, posinf=0.0))
+    n, s1, s2, lo, hi = _jax.fingerprint_fused(np.nan_to_num(r, posinf=0.0))
     finite = np.nan_to_num(r, posinf=0.0).astype(np.float64)
     assert (n, lo, hi) == (r.size, finite.min(), finite.max())
     assert s1 == pytest.approx(finite.sum(), rel=1e-5, abs=1e-3) and s2 == pytest.approx((finite**2).sum(), rel=1e-5)

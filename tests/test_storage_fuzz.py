@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import xfdiff
 from xfdiff.errors import ReportFileError
-from xfdiff.metrics import error_detail
 from xfdiff.report import Finding, LayerDiff, Report, Unmatched
+from xfdiff.stats import error_detail
 
 FUZZ = settings(
     max_examples=200,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import XfdiffError
-from .metrics import Tolerance
 from .report import Finding, LayerDiff, Report
+from .stats import Tolerance
 from .tap import tap
 from .version import __version__ as __version__
 

@@ -27,6 +27,7 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from .report import Unmatched
+from .stats import fingerprint_sums
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
 
@@ -102,22 +103,7 @@ def fingerprint(a: np.ndarray, token: ParamToken | None = None) -> ParamPrint:
 
 
 def _fingerprint(a: np.ndarray) -> ParamPrint:
-    from . import fastmetrics, hostmetrics
-
-    if (
-        isinstance(a, np.ndarray)
-        and a.dtype == np.float32
-        and a.size >= fastmetrics.MIN_FAST
-        and hostmetrics.available()
-    ):
-        return ParamPrint(*hostmetrics.fingerprint_sums(a))  # one compiled pass, any shape
-    if fastmetrics.usable(a, a):  # large float32/bf16 weights: one fused pass instead of five float64 copies
-        return ParamPrint(*fastmetrics.fingerprint_sums(a))
-    x = np.asarray(a, dtype=np.float64).ravel()
-    if x.size == 0:
-        return ParamPrint(0, 0.0, 0.0, 0.0, 0.0)
-    x = np.nan_to_num(x)
-    return ParamPrint(x.size, float(x.sum()), float(np.dot(x, x)), float(x.min()), float(x.max()))
+    return ParamPrint(*fingerprint_sums(a))  # large float32/bf16 weights: one compiled pass (xfdiff.stats)
 
 
 def fingerprint_score(pa: list[ParamPrint], pb: list[ParamPrint]) -> float:

@@ -237,7 +237,7 @@ _BLOCK_CALLS = (
 def large_report(n_calls: int = 1000, seed: int = 0, positions: int = 64, channels: int = 256):
     """A synthetic report with ``n_calls`` aligned calls, shaped like a deep transformer comparison.
 
-    Every row has real detail arrays (:func:`xfdiff.metrics.error_detail` of
+    Every row has real detail arrays (:func:`xfdiff.stats.error_detail` of
     random activations), float32-level noise everywhere and a planted own
     error in the MLP activation of the middle block, so views and benchmarks
     can be exercised at scale without running a large model.
@@ -251,8 +251,8 @@ def large_report(n_calls: int = 1000, seed: int = 0, positions: int = 64, channe
     Returns:
         A :class:`~xfdiff.Report`.
     """
-    from .metrics import error_detail
     from .report import LayerDiff, Report
+    from .stats import error_detail
 
     rng = np.random.default_rng(seed)
     n_blocks = max(1, n_calls // len(_BLOCK_CALLS))

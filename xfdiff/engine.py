@@ -11,11 +11,10 @@ import numpy as np
 from .align import Alignment, align
 from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
 from .evidence import Evidence, Row
-from .fastmetrics import parallel_map, stats_and_detail
 from .layout import Transform, best_transform, candidates, input_layout
 from .localize import assign_blame, localize
-from .metrics import Tolerance, as_tolerance, lower_precision, status_of
 from .report import LayerDiff, Report
+from .stats import Tolerance, as_tolerance, lower_precision, parallel_map, stats_and_detail, status_of
 from .trace import CallRecord, Trace
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from .align import Alignment
 from .layout import Transform
-from .metrics import Tolerance
 from .report import LayerDiff
+from .stats import Tolerance
 from .trace import CallRecord, Trace
 
 

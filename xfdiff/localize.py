@@ -18,9 +18,8 @@ import numpy as np
 
 from .errors import XfdiffError
 from .evidence import Evidence, Row
-from .fastmetrics import parallel_map, stats_and_detail
 from .layout import Transform, best_transform, candidates
-from .metrics import status_of
+from .stats import parallel_map, stats_and_detail, status_of
 from .trace import CallRecord, Trace, call_key
 
 

@@ -20,7 +20,7 @@ bounded mode no side's activations are held in memory at once:
 4. Teacher forcing runs the port again, eagerly, each call's inputs read from
    the spilled reference when that call runs.
 5. A port value sharded over several JAX devices is reduced where it lives
-   (:mod:`xfdiff.fastmetrics`); only flagged rows are ever gathered.
+   (:mod:`xfdiff.stats`); only flagged rows are ever gathered.
 
 The temporary directory is removed before ``compare`` returns. Supported:
 a PyTorch reference and a linen / Hugging Face Flax port (``reference="torch"``).
@@ -42,9 +42,9 @@ from . import localize as L
 from .align import Alignment
 from .errors import ConfigError, XfdiffError
 from .evidence import Evidence, Row
-from .metrics import as_tolerance
 from .report import Report
-from .trace import CallRecord, Trace, call_key, is_float_array
+from .stats import as_tolerance, is_float
+from .trace import CallRecord, Trace, call_key
 
 #: Arrays smaller than this (bytes) stay in memory instead of being spilled.
 SMALL_BYTES = 1 << 16
@@ -115,21 +115,14 @@ def _is_sharded(v: Any) -> bool:
     return sharding is not None and len(sharding.device_set) > 1
 
 
-def _is_float(v: Any) -> bool:
-    if is_float_array(v):
-        return True
-    dt = getattr(v, "dtype", None)
-    return dt is not None and (np.dtype(dt).kind in "fc" or np.dtype(dt).name == "bfloat16")
-
-
 class LiveRecord(CallRecord):
     """A port call as it returns; arrays sharded over several devices stay JAX arrays."""
 
     def float_outputs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.outputs.items() if _is_float(v)}
+        return {k: v for k, v in self.outputs.items() if is_float(v)}
 
     def float_inputs(self) -> dict[str, Any]:
-        return {k: v for k, v in self.inputs.items() if _is_float(v)}
+        return {k: v for k, v in self.inputs.items() if is_float(v)}
 
 
 class _LazyInputs(dict):

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import is_float
+
 ROOT = ""
 
 _FLAX_INDEX = re.compile(r"^(?P<name>.*?)_(?P<idx>\d+)$")
@@ -97,10 +99,10 @@ class CallRecord:
         return 0 if self.path == ROOT else self.path.count(".") + 1
 
     def float_outputs(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.outputs.items() if _is_float(v)}
+        return {k: v for k, v in self.outputs.items() if is_float(v)}
 
     def float_inputs(self) -> dict[str, np.ndarray]:
-        return {k: v for k, v in self.inputs.items() if _is_float(v)}
+        return {k: v for k, v in self.inputs.items() if is_float(v)}
 
 
 @dataclass
@@ -187,21 +189,3 @@ def derived(token: ParamToken | None, what: str, make: Callable[[], Any]) -> Any
     if len(_DERIVED) < _DERIVED_MAX:
         _DERIVED[k] = (token, value)
     return value
-
-
-def _is_float(a: Any) -> bool:
-    return (
-        isinstance(a, np.ndarray) and a.dtype.kind in "fc" or (isinstance(a, np.ndarray) and a.dtype.name == "bfloat16")
-    )
-
-
-def is_float_array(a: Any) -> bool:
-    """True for numpy float/complex arrays, bfloat16 (ml_dtypes) included."""
-    return _is_float(a)
-
-
-def to_float64(a: np.ndarray) -> np.ndarray:
-    """Upcast any float array (bfloat16 included) to float64 for statistics."""
-    if a.dtype.kind == "c":
-        return a.astype(np.complex128)
-    return np.asarray(a, dtype=np.float64)

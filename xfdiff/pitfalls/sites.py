@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ..layout import Transform, best_transform
-from ..metrics import compare_arrays
 from ..report import Finding
+from ..stats import compare_arrays, is_float
 from ..trace import CallRecord, Trace
 from .numerics import f64, rel, tau_for
 
@@ -76,7 +76,7 @@ class Site:
         return rel(self.y_port, self.y_ref)
 
     def float_inputs(self) -> list[np.ndarray]:
-        return [v for v in self.x.values() if _is_float(v)]
+        return [v for v in self.x.values() if _real_float(v)]
 
     def int_inputs(self) -> list[np.ndarray]:
         return [v for v in self.x.values() if isinstance(v, np.ndarray) and v.dtype.kind in "iub"]
@@ -130,8 +130,8 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _is_float(a: Any) -> bool:
-    return isinstance(a, np.ndarray) and (a.dtype.kind == "f" or a.dtype.name == "bfloat16")
+def _real_float(a: Any) -> bool:
+    return is_float(a, real=True)  # the recomputations here are real arithmetic
 
 
 # --- parameters in PyTorch conventions -------------------------------------------------------
@@ -245,8 +245,8 @@ def _call_site(ev: Any, sides: _Sides, row: Any) -> Site | None:
     if sides.ref_is_torch or row.port_local is None:
         site.x = dict(ref.inputs)
     else:  # floats: the torch port's forced inputs (the reference's values in torch layout); ids: the reference's
-        site.x = {k: v for k, v in port.inputs.items() if _is_float(v)}
-        site.x.update({f"reference.{k}": v for k, v in ref.inputs.items() if not _is_float(v)})
+        site.x = {k: v for k, v in port.inputs.items() if _real_float(v)}
+        site.x.update({f"reference.{k}": v for k, v in ref.inputs.items() if not _real_float(v)})
     return site
 
 
@@ -298,8 +298,8 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
     # Under teacher forcing the port got the reference's inputs; keep them in PyTorch layout.
     given = dict(ref_parent.inputs)
     if not sides.ref_is_torch and row.port_local is not None:
-        given = {k: v for k, v in given.items() if not _is_float(v)}
-        given.update({k: v for k, v in row.port_local.inputs.items() if _is_float(v)})
+        given = {k: v for k, v in given.items() if not _real_float(v)}
+        given.update({k: v for k, v in row.port_local.inputs.items() if _real_float(v)})
     for k, v in given.items():
         if isinstance(v, np.ndarray):
             sources.append(Source(f"input:{k}", v, v))
@@ -337,7 +337,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 def same_shape_sources(site: Site) -> list[Source]:
     """Float sources shaped like the site's output, latest first."""
-    out = [s for s in site.sources if _is_float(s.ref) and s.ref.shape == site.y_ref.shape]
+    out = [s for s in site.sources if _real_float(s.ref) and s.ref.shape == site.y_ref.shape]
     return out[::-1]
 
 

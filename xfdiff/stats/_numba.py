@@ -1,11 +1,10 @@
-"""Error statistics of float32 host arrays in one compiled pass (numba, when installed).
+"""The numba backend: finite float32 host arrays measured in one compiled pass (when numba is installed).
 
 Almost every activation a comparison sees is a float32 numpy array of some
 ten thousand to a few million elements. For those, a jit dispatch and a
-dozen numpy passes cost more than the arithmetic; this module computes
-:func:`xfdiff.fastmetrics.compare_fast`'s results in one pass over the
-``(rows, channels)`` view, compiled by numba and run without the GIL (so two
-threads measure two rows at once).
+dozen numpy passes cost more than the arithmetic; this backend computes the
+same results in one pass over the ``(rows, channels)`` view, compiled by
+numba and run without the GIL (so two threads measure two rows at once).
 
 - Statistics: the four sums (in float64, so the cosine stays exact even when
   the two sides' norms differ by orders of magnitude), the tolerance count,
@@ -13,28 +12,32 @@ threads measure two rows at once).
   float32 values order like their bits, and integer maxima vectorise).
 - Detail: per-row maxima, the max-pooled heatmap and per-channel profile,
   and the fine histogram of ``log10 |error|``
-  (:data:`~xfdiff.fastmetrics.FINE` bins per decade) without a logarithm per
+  (:data:`~xfdiff.stats.common.FINE` bins per decade) without a logarithm per
   element: the top 16 bits of a positive float32 name one of 32,768 buckets,
   each narrower than a fine bin, so a bucket holds at most one fine-bin edge.
   Two tables (the fine bin at the bucket's start, the float32 value where
   the next bin starts) give each element's bin with one comparison; the
-  tables are built from float64 ``log10``, as :func:`xfdiff.metrics.error_detail` bins.
-- Arrays holding NaN or infinity return ``None`` (the fused kernel handles them).
+  tables are built from float64 ``log10``, as the numpy reference bins.
+- Pairs holding NaN or infinity are declined (``None``): the next backend
+  measures them.
 - :func:`fingerprint_sums`: a parameter's sums for :mod:`xfdiff.align`.
 
-Nothing here runs when numba is missing: :func:`available` says so and the
-callers take the JAX path. Compiled code is cached on disk by numba, so only
+Nothing here runs when numba is missing: :func:`available` says so and
+every function declines. Compiled code is cached on disk by numba, so only
 the first comparison on a machine pays for compiling.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
-from .metrics import HEATMAP_MAX, PROFILE_MAX
+from . import common
+from .common import FINE, HEATMAP_MAX, LOG_LO, MIN_FAST, N_FINE, PROFILE_MAX, WORST_K, pool_bins
 
+NAME = "numba"
 _BUCKETS = 1 << 15  # positive float32 values: sign bit 0, then 8 exponent bits and 7 mantissa bits
 
 
@@ -217,8 +220,6 @@ def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bo
     errors left out), each row's maximum, the max-pooled heatmap and
     per-channel profile, and the first non-empty fine bin.
     """
-    from .fastmetrics import pool_bins
-
     kernel = _kernel()[0]
     r2 = np.ascontiguousarray(r2)
     p2 = np.ascontiguousarray(p2)
@@ -247,8 +248,93 @@ def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bo
     return (s_abs, s_rr, s_dd, s_pp), float(as_float[0]), float(as_float[1]), int(outside), det
 
 
-def fingerprint_sums(a: np.ndarray) -> tuple[int, float, float, float, float]:
-    """``(numel, sum, sum of squares, min, max)`` of a float32 array in float64, non-finite values as 0."""
+# --- the backend interface (see xfdiff.stats.dispatch) ------------------------------------
+
+
+def takes(ref: Any, port: Any) -> bool:
+    """Whether this backend measures the pair: float32 numpy arrays of one shape, not tiny, one block at most."""
+    return (
+        isinstance(ref, np.ndarray)
+        and isinstance(port, np.ndarray)
+        and ref.dtype == np.float32
+        and port.dtype == np.float32
+        and ref.shape == port.shape
+        and MIN_FAST <= ref.size <= common.BLOCK
+        and available()
+    )
+
+
+def compare(ref: Any, port: Any, atol: float, rtol: float, detail: bool, seed: int):
+    """``(Stats, detail or None)``, or ``None`` to decline (see :func:`takes`; any non-finite value)."""
+    if not takes(ref, port):
+        return None
+    return compare_2d(
+        ref.reshape(common.shape2d(ref.shape)),
+        port.reshape(common.shape2d(port.shape)),
+        atol,
+        rtol,
+        detail,
+        ref.shape,
+        seed,
+    )
+
+
+def compare_2d(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bool, shape: tuple, seed: int):
+    """:func:`compare` of the ``(rows, channels)`` views of arrays of ``shape``; ``None`` when non-finite."""
+    got = measure(r2, p2, atol, rtol, detail, (LOG_LO, FINE, N_FINE))
+    if got is None:
+        return None
+    sums, max_abs, need, outside, det = got
+    rows, cols = r2.shape
+    n = rows * cols
+    g = {
+        "sums": sums,
+        "max_abs": max_abs,
+        "need": need,
+        "outside": outside,
+        "n_both": n,
+        "n_nonfinite": 0,
+        "nf_mismatch": 0,
+    }
+    stats = common.stats_from([g], n)
+    if det is None:
+        return stats, None
+    fine, row_max, heat, profile, first = det
+    n_pos = int(fine.sum())
+    k = min(WORST_K, n)
+    # The k largest errors lie in the k rows with the largest maxima.
+    top_rows = np.argpartition(row_max, rows - k)[rows - k :] if rows > k else np.arange(rows)
+    sub = np.abs(p2[top_rows] - r2[top_rows]).ravel()
+    flat = np.argpartition(sub, sub.size - k)[sub.size - k :] if sub.size > k else np.arange(sub.size)
+    ri, ci = top_rows[flat // cols], flat % cols
+    part = {
+        "worst_val": sub[flat],
+        "worst_row": ri,
+        "worst_col": ci,
+        "worst_ref": r2[ri, ci],
+        "worst_port": p2[ri, ci],
+        # Only floor(log_min) is used: the first non-empty fine bin's start has the same floor.
+        "log_min": LOG_LO + first / FINE if n_pos else np.inf,
+        "log_max": np.log10(np.float64(max_abs)) if n_pos else -np.inf,
+        "fine_counts": fine,
+        "n_exact": n - n_pos,
+        "col_max": profile,
+        "row_pool": heat,  # already pooled
+    }
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return r2.reshape(-1)[idx].astype(np.float32), p2.reshape(-1)[idx].astype(np.float32)
+
+    return stats, common.detail_from([(0, part)], shape, seed, gather)
+
+
+def fingerprint_sums(a: Any) -> tuple[int, float, float, float, float] | None:
+    """``(numel, sum, sum of squares, min, max)`` of a float32 numpy array in float64, non-finite values as 0.
+
+    Any shape and size from :data:`~xfdiff.stats.common.MIN_FAST` on; ``None`` for anything else.
+    """
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size >= MIN_FAST and available()):
+        return None
     flat = np.ascontiguousarray(a).reshape(-1)
     s1, s2, finite = _kernel()[1](flat)
     if finite:  # the common case: vectorised sums, numpy's SIMD min and max
