@@ -22,6 +22,7 @@ from .evidence import Evidence, Row
 from .fastmetrics import stats_and_detail
 from .layout import Transform, best_transform, candidates
 from .metrics import Stats, status_of
+from .runs import CallQueue
 from .trace import CallRecord, Trace
 
 
@@ -90,8 +91,6 @@ def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
     row's ``inputs_from_ref`` (filled by :func:`xfdiff.rows.make_row`) says
     what its port call is fed.
     """
-    from .runs import CallQueue
-
     subst = {(row.port.path, row.port.call_index): ForcedInputs(row) for row in ev.rows if row.inputs_from_ref}
     port_row = {row.port.key: row for row in ev.rows}
     # Detectors read a composite culprit's children under teacher forcing, and children
