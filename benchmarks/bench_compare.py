@@ -52,8 +52,7 @@ STAGES = {
     "capture torch": ("xfdiff.capture.from_torch", "TorchSide.capture"),
     "capture flax (plain + teacher-forced)": ("xfdiff.capture.from_linen", "LinenSide.capture"),
     "align": ("xfdiff.engine", "_align"),
-    "rows (stats + detail)": ("xfdiff.engine", "_rows"),
-    "final output": ("xfdiff.engine", "_final_row"),
+    "rows (stats + detail)": ("xfdiff.engine", "_plain_pass"),  # the final output's row included
     "teacher forcing (incl. its capture)": ("xfdiff.engine", "localize"),
     "statistics backends (rows, teacher forcing, fingerprints, layout checks)": ("xfdiff.stats.dispatch", "_first"),
     "diagnose": ("xfdiff.engine", "_diagnose"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .engine import compare
 from .errors import XfdiffError
 from .report import Finding, LayerDiff, Report
 from .stats import Tolerance
@@ -29,13 +30,6 @@ __all__ = [
     "serve",
     "tap",
 ]
-
-
-def compare(pt_model: Any, flax_model: Any, inputs: Any, **kwargs: Any) -> Report:
-    """Compare a PyTorch model and its Flax port layer by layer (see :func:`xfdiff.engine.compare`)."""
-    from .engine import compare as _compare
-
-    return _compare(pt_model, flax_model, inputs, **kwargs)
 
 
 def load(path) -> Report:

@@ -1,20 +1,25 @@
-"""``xfdiff.compare``: capture both sides, align, measure, localize, diagnose."""
+"""``xfdiff.compare``: capture both sides, align, measure, localize, diagnose.
+
+One orchestration serves every mode (see :mod:`xfdiff.runs`): the reference
+is captured into a store, the port's calls are handed one at a time to an
+``on_call`` function that pairs and measures each, and ``memory=`` only picks
+where the reference's activations are kept. Each stage below is one function.
+"""
 
 from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from .align import Alignment, align
 from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
-from .evidence import Evidence, Row
-from .layout import Transform, best_transform, candidates, input_layout
+from .evidence import Evidence, Row, Side, by_framework, other
 from .localize import assign_blame, localize
-from .report import LayerDiff, Report
-from .stats import Tolerance, as_tolerance, lower_precision, parallel_map, stats_and_detail, status_of
+from .report import Report
+from .rows import Match, call_pairs, make_row
+from .runs import CallQueue, open_store, port_run
+from .stats import Tolerance, as_tolerance
 from .trace import CallRecord, Trace
 
 
@@ -87,6 +92,7 @@ def compare(
     jit: bool = True,
     progress: bool | None = None,
     memory: str = "full",
+    spill_dir: str | None = None,
 ) -> Report:
     """Compare a PyTorch model and its Flax port layer by layer.
 
@@ -114,68 +120,80 @@ def compare(
             ``"bounded"`` spills the reference's activations to a temporary
             directory and compares the port's as they arrive, for models
             whose activations do not fit twice (see :mod:`xfdiff.streaming`).
+        spill_dir: with ``memory="bounded"``, where the temporary directory of
+            spilled arrays goes (default: the system's temporary directory).
 
     Returns:
-        A :class:`Report`.
+        A :class:`Report` (with ``memory="bounded"``, ``meta["memory"]`` says
+        what was spilled).
 
     Raises:
         ModelTypeError, InputError, CaptureError, AlignmentError, ConfigError
         (all :class:`XfdiffError`).
     """
-    if reference not in ("torch", "flax"):
-        raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
-    if memory not in ("full", "bounded"):
-        raise ConfigError(f"memory must be 'full' or 'bounded', got {memory!r}.")
-    if memory == "bounded":
-        from .streaming import compare_bounded
-
-        return compare_bounded(
-            pt_model,
-            flax_model,
-            inputs,
-            flax_inputs=flax_inputs,
-            reference=reference,
-            tolerance=tolerance,
-            mapping=mapping,
-            local=local,
-            diagnose=diagnose,
-            progress=progress,
-        )
+    _check_options(reference, memory)
     tol = as_tolerance(tolerance)
     from .progress import Progress
 
     prog = Progress(enabled=progress)
-    torch_side = _torch_side(pt_model, inputs)
-    flax_side = _flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, jit)
+    sides = _sides(pt_model, flax_model, inputs, flax_inputs, jit, reference)
     env_findings = _environment(pt_model, flax_model) if diagnose else []
-    prog.step("capturing PyTorch")
-    tt = torch_side.capture()
-    prog.step("capturing Flax")
-    tf = flax_side.capture()
-    prog.step("aligning")
-    al = _align(tt, tf, mapping, torch_side, flax_side)
-    prog.step("comparing")
-    ev = Evidence(tt, tf, al, [], tol, reference, torch_model=pt_model, flax_model=flax_model)
-    ev.rows = _rows(tt, tf, al, tol, reference)
-    ev.final = _final_row(tt, tf, tol, reference)
-    notes: list[str] = []
-    if local and ev.rows:
-        prog.step("teacher forcing")
-        localize(ev, torch_side if reference == "flax" else flax_side, notes)
-    else:
-        assign_blame(ev.rows)
-    report = Report(
-        layers=[r.layer for r in ev.rows],
-        unmatched=al.unmatched,
-        meta=_meta(tol, reference, torch_side, flax_side, tt, tf, al, notes, local),
-        final=ev.final.layer if ev.final else None,
-    )
-    report.findings = list(env_findings)
-    if diagnose:
-        prog.step("diagnosing")
-        report.findings += _diagnose(ev, report)
+    with open_store(memory, spill_dir) as store:
+        run = port_run(sides.port, store)
+        prog.step(f"capturing the reference ({_NAMES[reference]})")
+        ref_trace = store.capture_reference(sides.ref)
+        prog.step(f"capturing the port ({_NAMES[other(reference)]})")
+        port_shape = run.structure()
+        prog.step("aligning")
+        al = _align(*by_framework(reference, ref_trace, port_shape), mapping, *sides.torch_flax)
+        prog.step("comparing")
+        ev = _plain_pass(run, store, sides, ref_trace, port_shape, al, tol, local)
+        notes: list[str] = []
+        if local and ev.rows:
+            prog.step("teacher forcing")
+            localize(ev, run, store, notes)
+        else:
+            assign_blame(ev.rows)
+        report = _report(ev, sides, notes, local, store, run)
+        report.findings = list(env_findings)
+        if diagnose:
+            prog.step("diagnosing")
+            report.findings += _diagnose(ev, report)
     prog.done()
     return report
+
+
+_NAMES = {"torch": "PyTorch", "flax": "Flax"}
+
+
+class Sides(NamedTuple):
+    """The two capture sides, named by role; ``reference`` is the reference's framework."""
+
+    ref: Any
+    port: Any
+    reference: str
+    ref_model: Any
+    port_model: Any
+
+    @property
+    def torch_flax(self) -> tuple[Any, Any]:
+        return by_framework(self.reference, self.ref, self.port)
+
+
+def _check_options(reference: str, memory: str) -> None:
+    if reference not in ("torch", "flax"):
+        raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
+    if memory not in ("full", "bounded"):
+        raise ConfigError(f"memory must be 'full' or 'bounded', got {memory!r}.")
+
+
+def _sides(pt_model: Any, flax_model: Any, inputs: Any, flax_inputs: Any, jit: bool, reference: str) -> Sides:
+    """The capture side of each model, by role."""
+    torch_side = _torch_side(pt_model, inputs)
+    flax_side = _flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, jit)
+    ref, port = by_framework(reference, torch_side, flax_side)
+    ref_model, port_model = by_framework(reference, pt_model, flax_model)
+    return Sides(ref, port, reference, ref_model, port_model)
 
 
 def _align(tt: Trace, tf: Trace, mapping: Any, torch_side: Any, flax_side: Any) -> Alignment:
@@ -193,6 +211,66 @@ def _align(tt: Trace, tf: Trace, mapping: Any, torch_side: Any, flax_side: Any) 
             "reference weights, or pass mapping={torch_path: flax_path}."
         )
     return al
+
+
+def _plain_pass(
+    run: Any, store: Any, sides: Sides, ref_trace: Trace, port_shape: Trace, al: Alignment, tol: Tolerance, local: bool
+) -> Evidence:
+    """Run the port once, each call paired with its reference call and measured as it arrives.
+
+    Rows come out in the reference's completion order; the final row compares the two root calls.
+    """
+    reference = sides.reference
+    pairs = call_pairs(al, ref_trace, port_shape, reference)
+    root = ref_trace.root()
+    rows: list[Row] = []
+    finals: list[Row] = []
+
+    def work(rec: CallRecord) -> bool:
+        made = []
+        if rec.path == "" and root is not None:
+            final = make_row(Match(root, "root", 1.0), rec, tol, reference)
+            if final is not None:
+                finals.append(final)
+                made.append(final)
+            store.done_with(root)
+        m = pairs.get(rec.key)
+        if m is not None:
+            row = make_row(m, rec, tol, reference, link_inputs=local)
+            if row is not None:
+                rows.append(row)
+                made.append(row)
+            store.done_with(m.ref)
+        return any(r.layer.status != "ok" for r in made)
+
+    queue = CallQueue(work, store)
+    port_trace = run.run(queue.on_call)
+    queue.drain()
+    rows.sort(key=lambda r: r.ref.order)
+    for i, row in enumerate(rows):
+        row.layer.order = i
+    return Evidence(
+        ref=Side(reference, ref_trace, sides.ref_model),
+        port=Side(other(reference), port_trace, sides.port_model),
+        alignment=al,
+        rows=rows,
+        tolerance=tol,
+        final=finals[0] if finals else None,
+    )
+
+
+def _report(ev: Evidence, sides: Sides, notes: list[str], local: bool, store: Any, run: Any) -> Report:
+    """The report of the measured rows (findings come after)."""
+    meta = _meta(ev, sides, notes, local)
+    memory = store.meta()
+    if memory is not None:
+        meta["memory"] = {**memory, **run.meta()}
+    return Report(
+        layers=[r.layer for r in ev.rows],
+        unmatched=ev.alignment.unmatched,
+        meta=meta,
+        final=ev.final.layer if ev.final else None,
+    )
 
 
 def _environment(pt_model, flax_model):
@@ -219,12 +297,15 @@ def _diagnose(ev: Evidence, report: Report):
         return []
 
 
-def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, local) -> dict:
+def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
+    tt, tf = ev.torch_trace, ev.flax_trace
+    ts, fs = sides.torch_flax
+    al, tol = ev.alignment, ev.tolerance
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
     n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and p in al.pairs)
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
-        "reference": reference,
+        "reference": ev.reference,
         "torch_model": ts.describe(),
         "flax_model": fs.describe(),
         "flax_framework": fs.framework,
@@ -238,143 +319,3 @@ def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, lo
         "local": bool(local),
         "notes": notes,
     }
-
-
-# --- rows ---------------------------------------------------------------------------------
-
-
-def _pair_outputs(
-    ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=None
-) -> list[tuple[str, str, Transform]]:
-    """Pair float output leaves: same key first, then in order among layout-compatible leaves.
-
-    ``hint()`` names the layout the call's inputs arrived in; it settles ties (C == H == W).
-    """
-    pairs = []
-    used: set[str] = set()
-    for rk, rv in ref.items():
-        choice = None
-        if rk in port and rk not in used and candidates(rv.shape, port[rk].shape):
-            choice = rk
-        else:
-            for pk, pv in port.items():
-                if pk not in used and candidates(rv.shape, pv.shape):
-                    choice = pk
-                    break
-        if choice is None:
-            continue
-        cands = candidates(rv.shape, port[choice].shape)
-        # Scoring transforms costs passes over both arrays; only needed when there is a choice.
-        t = cands[0] if len(cands) == 1 else best_transform(rv, port[choice], hint() if hint else None)[0]
-        if t is None:
-            continue
-        used.add(choice)
-        pairs.append((rk, choice, t))
-    return pairs
-
-
-def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance):
-    """Worst matched output leaf: (stats, ref_key, port_key, transform, atol, rtol, detail) or None."""
-    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
-    best = None
-    pairs = _pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
-    for rk, pk, t in pairs:
-        r = t.forward(ref_out[rk])
-        p = port_out[pk]
-        atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
-        s, det = stats_and_detail(r, p, atol, rtol, detail=len(pairs) == 1)
-        key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
-        if best is None or key > best[0]:
-            best = (key, s, rk, pk, t, atol, rtol, det)
-    return None if best is None else best[1:]
-
-
-def _rows(tt: Trace, tf: Trace, al: Alignment, tol: Tolerance, reference: str) -> list[Row]:
-    pairs = []
-    ref_trace = tt if reference == "torch" else tf
-    rev = al.reverse
-    for rec in ref_trace.records:
-        if reference == "torch":
-            a = rec.path
-            if a not in al.pairs:
-                continue
-            calls = tf.calls_of(al.pairs[a])
-            j = rec.call_index + al.offset.get(a, 0)
-            if j >= len(calls):
-                continue
-            rt, rf = rec, calls[j]
-        else:
-            if rec.path not in rev:
-                continue
-            tcalls = tt.calls_of(rev[rec.path])
-            if rec.call_index >= len(tcalls):
-                continue
-            rt, rf = tcalls[rec.call_index], rec
-        pairs.append((rt, rf))
-    made = parallel_map(lambda pair: _make_row(pair[0], pair[1], al, tol, reference), pairs)
-    rows = [row for row in made if row is not None]
-    for i, row in enumerate(rows):
-        row.layer.order = i
-    return rows
-
-
-def _make_row(rt: CallRecord, rf: CallRecord, al: Alignment, tol: Tolerance, reference: str) -> Row | None:
-    ref_rec, port_rec = (rt, rf) if reference == "torch" else (rf, rt)
-    lyr = LayerDiff(
-        torch_path=rt.path,
-        flax_path=rf.path,
-        call_index=rt.call_index,
-        torch_type=rt.module_type,
-        flax_type=rf.module_type,
-        match=al.how.get(rt.path, ""),
-        confidence=al.confidence.get(rt.path, 0.0),
-        depth=rt.depth,
-    )
-    errs = [e for e in (rt.error, rf.error) if e]
-    if errs:
-        lyr.note = "; ".join(errs)
-    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
-    if not ref_out or not port_out:
-        if not ref_out and not port_out:
-            return None
-        lyr.status = "shape_mismatch"
-        lyr.note = (lyr.note + "; " if lyr.note else "") + "only one side returned floating-point outputs"
-        return Row(lyr, rt, rf, None, None, None)
-    m = _measure(ref_rec, port_rec, tol)
-    fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
-    if m is None:
-        lyr.status = "shape_mismatch"
-        lyr.torch_shape = tuple(next(iter(fo_t.values())).shape)
-        lyr.flax_shape = tuple(next(iter(fo_f.values())).shape)
-        lyr.note = (
-            f"output shapes {[v.shape for v in fo_t.values()]} (torch) and {[v.shape for v in fo_f.values()]} (flax) "
-            "fit no legal layout transform (NCHW/NHWC, head split/merge, broadcast, transpose)"
-        )
-        return Row(lyr, rt, rf, None, None, None)
-    s, rk, pk, t, atol, rtol, det = m
-    _fill(lyr, s, atol, rtol)
-    lyr.output_key = rk
-    lyr.layout = t.name
-    tk, fk = (rk, pk) if reference == "torch" else (pk, rk)
-    lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
-    lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
-    if det is None:
-        det = stats_and_detail(t.forward(ref_rec.outputs[rk]), port_rec.outputs[pk], atol, rtol, detail=True)[1]
-    lyr.detail = det
-    return Row(lyr, rt, rf, rk, pk, t)
-
-
-def _fill(lyr: LayerDiff, s, atol: float, rtol: float) -> None:
-    lyr.max_abs, lyr.mean_abs, lyr.rel_l2, lyr.cosine = s.max_abs, s.mean_abs, s.rel_l2, s.cosine
-    lyr.tol_needed, lyr.frac_outside, lyr.n_nonfinite = s.tol_needed, s.frac_outside, s.n_nonfinite
-    lyr.atol, lyr.rtol = atol, rtol
-    lyr.status = status_of(s)
-
-
-def _final_row(tt: Trace, tf: Trace, tol: Tolerance, reference: str) -> Row | None:
-    rt, rf = tt.root(), tf.root()
-    if rt is None or rf is None:
-        return None
-    al = Alignment()
-    al.add(rt.path, rf.path, "root", 1.0)
-    return _make_row(rt, rf, al, tol, reference)

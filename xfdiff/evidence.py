@@ -4,6 +4,10 @@ A :class:`Report` holds small summaries; detectors need the full tensors of
 the culprit layer (inputs, outputs, parameters, config on both sides). This
 object carries them from :func:`xfdiff.compare` to the diagnosis step and is
 dropped afterwards.
+
+Reference and port are named once: every :class:`Row` and the
+:class:`Evidence` hold ``ref`` and ``port``; ``torch`` / ``flax`` are derived
+from which framework the reference is (:func:`by_framework`).
 """
 
 from __future__ import annotations
@@ -19,43 +23,97 @@ from .report import LayerDiff
 from .stats import Tolerance
 from .trace import CallRecord, Trace
 
+FRAMEWORKS = ("torch", "flax")
+
+
+def other(framework: str) -> str:
+    """The framework that is not ``framework``."""
+    return "flax" if framework == "torch" else "torch"
+
+
+def by_framework(reference: str, ref: Any, port: Any) -> tuple[Any, Any]:
+    """``(torch_thing, flax_thing)`` from the reference's and the port's, given which framework the reference is.
+
+    The same swap read backwards: ``by_framework(reference, torch_thing, flax_thing)`` is ``(ref, port)``.
+    """
+    return (ref, port) if reference == "torch" else (port, ref)
+
 
 @dataclass
 class Row:
     """One aligned call with everything recorded about it on both sides."""
 
     layer: LayerDiff
-    torch: CallRecord
-    flax: CallRecord
-    ref_key: str | None  # output leaf compared (reference side)
-    port_key: str | None  # output leaf compared (port side)
-    transform: Transform | None  # reference layout -> port layout
+    ref: CallRecord
+    port: CallRecord
+    reference: str  # the reference's framework: "torch" | "flax"
+    ref_key: str | None = None  # output leaf compared (reference side)
+    port_key: str | None = None  # output leaf compared (port side)
+    transform: Transform | None = None  # reference layout -> port layout
     port_local: CallRecord | None = None  # the port call under teacher forcing
-    input_map: dict[str, str] = field(default_factory=dict)  # port input leaf -> ref input leaf
+    # port input leaf -> (reference input leaf, transform): what teacher forcing feeds the port call
+    inputs_from_ref: dict[str, tuple[str, Transform]] = field(default_factory=dict)
+
+    @property
+    def input_map(self) -> dict[str, str]:
+        """Port input leaf -> the reference input leaf that feeds it."""
+        return {pk: rk for pk, (rk, _) in self.inputs_from_ref.items()}
+
+    @property
+    def torch(self) -> CallRecord:
+        return by_framework(self.reference, self.ref, self.port)[0]
+
+    @property
+    def flax(self) -> CallRecord:
+        return by_framework(self.reference, self.ref, self.port)[1]
+
+
+@dataclass
+class Side:
+    """One side of a comparison as the detectors see it."""
+
+    framework: str  # "torch" | "flax"
+    trace: Trace
+    model: Any = None
+    local_trace: Trace | None = None  # the port under teacher forcing (the reference has none)
 
 
 @dataclass
 class Evidence:
     """Traces, alignment and rows of one comparison (reference and port sides named)."""
 
-    torch_trace: Trace
-    flax_trace: Trace
+    ref: Side
+    port: Side
     alignment: Alignment
     rows: list[Row]
     tolerance: Tolerance
-    reference: str = "torch"
-    flax_local_trace: Trace | None = None
-    torch_local_trace: Trace | None = None
-    torch_model: Any = None
-    flax_model: Any = None
     final: Row | None = None
 
     @property
-    def port(self) -> str:
-        return "flax" if self.reference == "torch" else "torch"
+    def reference(self) -> str:
+        return self.ref.framework
+
+    def side(self, framework: str) -> Side:
+        return self.ref if self.ref.framework == framework else self.port
+
+    @property
+    def torch_trace(self) -> Trace:
+        return self.side("torch").trace
+
+    @property
+    def flax_trace(self) -> Trace:
+        return self.side("flax").trace
+
+    @property
+    def torch_model(self) -> Any:
+        return self.side("torch").model
+
+    @property
+    def flax_model(self) -> Any:
+        return self.side("flax").model
 
     def trace(self, side: str) -> Trace:
-        return self.torch_trace if side == "torch" else self.flax_trace
+        return self.side(side).trace
 
     def params(self, side: str, path: str | None) -> dict[str, np.ndarray]:
         if path is None:

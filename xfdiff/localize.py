@@ -12,15 +12,17 @@ first shows; :attr:`Report.first_divergence` is the smallest.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .errors import XfdiffError
 from .evidence import Evidence, Row
 from .layout import Transform, best_transform, candidates
-from .stats import parallel_map, stats_and_detail, status_of
-from .trace import CallRecord, Trace, call_key
+from .runs import CallQueue
+from .stats import Stats, stats_and_detail, status_of
+from .trace import CallRecord, Trace
 
 
 def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str, Transform]]:
@@ -50,63 +52,93 @@ def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str,
     return out
 
 
-def localize(ev: Evidence, port_side: Any, notes: list[str]) -> None:
-    ref_is_torch = ev.reference == "torch"
-    subst: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-    maps = []
-    for row in ev.rows:
-        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
-        m = input_map(ref_rec, port_rec)
-        maps.append(m)
-        row.input_map = {pk: rk for pk, (rk, _) in m.items()}
-        if m:
-            subst[(port_rec.path, port_rec.call_index)] = {
-                pk: t.forward(ref_rec.inputs[rk]) for pk, (rk, t) in m.items()
-            }
+class ForcedInputs(Mapping):
+    """Teacher-forcing inputs of one port call, read from the reference when asked for.
+
+    The values are computed only when the port's run reaches the call, so a
+    spilled reference is read from disk one call at a time.
+    """
+
+    def __init__(self, row: Row):
+        self.ref, self.links = row.ref, row.inputs_from_ref
+
+    def __getitem__(self, pk: str) -> np.ndarray:
+        rk, t = self.links[pk]
+        return np.ascontiguousarray(t.forward(self.ref.inputs[rk]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.links)
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+
+class _Gap(NamedTuple):
+    """A call's input already off under teacher forcing: the worst leaf and its statistics."""
+
+    row: Row
+    stats: Stats
+    leaf: str
+    lrec: CallRecord
+
+
+def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
+    """Re-run the port with every aligned call fed the reference's inputs; fill local errors and blame.
+
+    ``run`` hands the port's calls to an ``on_call`` function and ``store``
+    says what to do with each afterwards (see :mod:`xfdiff.runs`). Each
+    row's ``inputs_from_ref`` (filled by :func:`xfdiff.rows.make_row`) says
+    what its port call is fed.
+    """
+    subst = {(row.port.path, row.port.call_index): ForcedInputs(row) for row in ev.rows if row.inputs_from_ref}
+    port_row = {row.port.key: row for row in ev.rows}
+    # Detectors read a composite culprit's children under teacher forcing, and children
+    # return before their parent: keep the calls inside any module that diverged.
+    diverged = {row.port.path for row in ev.rows if row.layer.status != "ok" and row.port.path}
+    gaps: list[_Gap] = []
+
+    def inside_diverged(path: str) -> bool:
+        parts = path.split(".")
+        return any(".".join(parts[:i]) in diverged for i in range(1, len(parts)))
+
+    def work(lrec: CallRecord) -> bool:
+        row = port_row.get(lrec.key)
+        if row is None or row.ref_key is None or row.port_key not in lrec.outputs:
+            return inside_diverged(lrec.path)
+        _local_error(row, lrec)
+        gap = _gap_stats(row, lrec)
+        if gap is not None:
+            gaps.append(_Gap(row, gap[0], gap[1], lrec))
+        store.done_with(row.ref)
+        return row.layer.local_status != "ok" or row.layer.status != "ok" or inside_diverged(lrec.path)
+
+    queue = CallQueue(work, store)
     try:
-        local_trace = port_side.capture(substitute=subst)
+        local_trace = run.run(queue.on_call, substitute=subst)
+        queue.drain()
     except XfdiffError as e:
         notes.append(f"teacher-forced re-run failed ({e}); first divergence uses propagated error")
         for row in ev.rows:
             row.layer.note = _join(row.layer.note, "local error not measured: teacher-forced re-run failed")
         return
-    if ref_is_torch:
-        ev.flax_local_trace = local_trace
-    else:
-        ev.torch_local_trace = local_trace
-    local_by_key = local_trace.by_key()
-    port_row = {}
+    ev.port.local_trace = local_trace
     for row in ev.rows:
-        port_rec = row.flax if ref_is_torch else row.torch
-        port_row[port_rec.key] = row
-    gaps = []
-    for row, m in zip(ev.rows, maps, strict=True):
-        lyr = row.layer
-        ref_rec, port_rec = (row.torch, row.flax) if ref_is_torch else (row.flax, row.torch)
-        lrec = local_by_key.get(call_key(port_rec.path, port_rec.call_index))
-        if lrec is None or row.ref_key is None or row.port_key not in lrec.outputs:
-            lyr.note = _join(lyr.note, "local error not measured: the call did not recur under teacher forcing")
-            continue
-        gaps.append((row, m, ref_rec, port_rec, lrec))
-
-    def measure(g):  # each row's own error and its input gap; rows are independent here
-        row, m, ref_rec, port_rec, lrec = g
-        _local_error(row, m, ref_rec, port_rec, lrec)
-        return _gap_stats(m, ref_rec, lrec, row.layer.atol, row.layer.rtol)
-
-    worst = parallel_map(measure, gaps)
-    for (row, _m, _ref_rec, _port_rec, lrec), w in zip(gaps, worst, strict=True):
-        if w is not None:  # blame needs every row's own local error, measured above
-            _blame_gap(row, *w, lrec, local_trace, port_row)
+        if row.port_local is None:
+            row.layer.note = _join(
+                row.layer.note, "local error not measured: the call did not recur under teacher forcing"
+            )
+    # blame needs every row's own local error, measured above; rows in order, whatever order the calls came in
+    for g in sorted(gaps, key=lambda g: g.row.layer.order):
+        _blame_gap(g.row, g.stats, g.leaf, g.lrec, local_trace, port_row)
     assign_blame(ev.rows)
 
 
-def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: CallRecord) -> None:
+def _local_error(row: Row, lrec: CallRecord) -> None:
     """Fill a row's local (teacher-forced) error from ``lrec``, the port call fed the reference's inputs."""
     lyr = row.layer
     row.port_local = lrec
-    missing = [k for k in port_rec.float_inputs() if k not in m]
-    r = row.transform.forward(ref_rec.outputs[row.ref_key])
+    missing = [k for k in row.port.float_inputs() if k not in row.inputs_from_ref]
+    r = row.transform.forward(row.ref.outputs[row.ref_key])
     p = lrec.outputs[row.port_key]
     s, _ = stats_and_detail(r, p, lyr.atol, lyr.rtol)
     lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
@@ -118,7 +150,7 @@ def _local_error(row: Row, m, ref_rec: CallRecord, port_rec: CallRecord, lrec: C
         lyr.note = _join(lyr.note, f"inputs {missing} had no reference counterpart; local error is partial")
 
 
-def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: float):
+def _gap_stats(row: Row, lrec: CallRecord) -> tuple[Stats, str] | None:
     """``(stats, leaf)`` of the worst forced input leaf before replacement, or None.
 
     Error already present in a call's own input under teacher forcing: every
@@ -126,12 +158,12 @@ def _gap_stats(m, ref_rec: CallRecord, lrec: CallRecord, atol: float, rtol: floa
     module's own code (between its children) did (:func:`_blame_gap`).
     """
     worst = None
-    for pk, (rk, t) in m.items():
+    for pk, (rk, t) in row.inputs_from_ref.items():
         raw = lrec.raw_inputs.get(pk)
-        ref = ref_rec.inputs[rk]
+        ref = row.ref.inputs[rk]
         if raw is None or _fill_like(ref):
             continue  # masks and fill values are compared by the pitfall detectors, not here
-        s, _ = stats_and_detail(t.forward(ref), raw, atol, rtol)
+        s, _ = stats_and_detail(t.forward(ref), raw, row.layer.atol, row.layer.rtol)
         if worst is None or s.max_abs > worst[0].max_abs:
             worst = (s, pk)
     return worst

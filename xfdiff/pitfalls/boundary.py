@@ -90,7 +90,7 @@ def _pair(ev: Any, row: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(reference, port) outputs of ``row`` as propagated, in the reference's layout."""
     if row.ref_key is None or row.transform is None:
         return None
-    ref_rec, port_rec = (row.torch, row.flax) if ev.reference == "torch" else (row.flax, row.torch)
+    ref_rec, port_rec = row.ref, row.port
     if row.port_key not in port_rec.outputs:
         return None
     return f64(ref_rec.outputs[row.ref_key]), f64(row.transform.inverse(port_rec.outputs[row.port_key]))

@@ -272,8 +272,8 @@ def _input_layout(site: Site) -> str:
     from ..layout import best_transform
 
     row = site.row
-    ref_rec = row.torch if site.reference == "torch" else row.flax
-    port_rec = row.port_local or (row.flax if site.reference == "torch" else row.torch)
+    ref_rec = row.ref
+    port_rec = row.port_local or row.port
     for pk, rk in row.input_map.items():
         rv, pv = ref_rec.inputs.get(rk), port_rec.inputs.get(pk)
         if rv is not None and pv is not None:

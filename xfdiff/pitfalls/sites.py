@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..evidence import other
 from ..layout import Transform, best_transform
 from ..report import Finding
 from ..stats import compare_arrays, is_float
@@ -65,7 +66,7 @@ class Site:
 
     @property
     def port(self) -> str:
-        return "flax" if self.reference == "torch" else "torch"
+        return other(self.reference)
 
     @property
     def tau(self) -> float:
@@ -171,21 +172,13 @@ def torch_convention(params: dict[str, np.ndarray], side: str, module_type: str)
 
 
 class _Sides:
-    """Which record/trace/transform belongs to the reference and which to the port."""
+    """The rows by port call, the port's teacher-forced trace, and layout into PyTorch conventions."""
 
     def __init__(self, ev: Any):
         self.ev = ev
-        self.ref_is_torch = ev.reference == "torch"
-        self.local: Trace | None = ev.flax_local_trace if self.ref_is_torch else ev.torch_local_trace
-        self.port_row = {}
-        for r in ev.rows:
-            self.port_row[self.port_rec(r).key] = r
-
-    def ref_rec(self, row) -> CallRecord:
-        return row.torch if self.ref_is_torch else row.flax
-
-    def port_rec(self, row) -> CallRecord:
-        return row.flax if self.ref_is_torch else row.torch
+        self.ref_is_torch = ev.ref.framework == "torch"
+        self.local: Trace | None = ev.port.local_trace
+        self.port_row = {r.port.key: r for r in ev.rows}
 
     def to_torch(self, ref: np.ndarray, port: np.ndarray, t: Transform | None) -> tuple[np.ndarray, np.ndarray]:
         """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout)."""
@@ -209,34 +202,29 @@ def build_sites(ev: Any, row: Any) -> list[Site]:
 
 def _common(ev: Any, sides: _Sides, row: Any, kind: str, y_ref, y_port) -> Site:
     lyr = row.layer
-    tp, fp = row.torch.path, row.flax.path
-    t_params = torch_convention(ev.params("torch", tp), "torch", row.torch.module_type)
-    f_params = torch_convention(ev.params("flax", fp), "flax", row.flax.module_type)
-    t_cfg, f_cfg = ev.config("torch", tp), ev.config("flax", fp)
-    ref_first = sides.ref_is_torch
-    port_trace = ev.flax_trace if ref_first else ev.torch_trace
+    ref_fw, port_fw = ev.ref.framework, ev.port.framework
     return Site(
         row=row,
         kind=kind,
-        reference=ev.reference,
+        reference=ref_fw,
         y_ref=f64(y_ref),
         y_port=f64(y_port),
-        ref_params=t_params if ref_first else f_params,
-        port_params=f_params if ref_first else t_params,
-        ref_cfg=t_cfg if ref_first else f_cfg,
-        port_cfg=f_cfg if ref_first else t_cfg,
-        ref_type=row.torch.module_type if ref_first else row.flax.module_type,
-        port_type=row.flax.module_type if ref_first else row.torch.module_type,
-        dtypes=((lyr.torch_dtype, lyr.flax_dtype) if ref_first else (lyr.flax_dtype, lyr.torch_dtype)),
-        meta=dict(port_trace.meta),
+        ref_params=torch_convention(ev.params(ref_fw, row.ref.path), ref_fw, row.ref.module_type),
+        port_params=torch_convention(ev.params(port_fw, row.port.path), port_fw, row.port.module_type),
+        ref_cfg=ev.config(ref_fw, row.ref.path),
+        port_cfg=ev.config(port_fw, row.port.path),
+        ref_type=row.ref.module_type,
+        port_type=row.port.module_type,
+        dtypes=(getattr(lyr, f"{ref_fw}_dtype"), getattr(lyr, f"{port_fw}_dtype")),
+        meta=dict(ev.port.trace.meta),
     )
 
 
 def _call_site(ev: Any, sides: _Sides, row: Any) -> Site | None:
     if row.ref_key is None or row.transform is None:
         return None
-    ref = sides.ref_rec(row)
-    port = row.port_local if row.port_local is not None else sides.port_rec(row)
+    ref = row.ref
+    port = row.port_local if row.port_local is not None else row.port
     if row.port_key not in port.outputs:
         return None
     y_ref, y_port = sides.to_torch(ref.outputs[row.ref_key], port.outputs[row.port_key], row.transform)
@@ -293,7 +281,7 @@ def _gap(sides: _Sides, kid: CallRecord) -> tuple[str, str, float] | None:
 
 
 def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> Site | None:
-    ref_parent = sides.ref_rec(row)
+    ref_parent = row.ref
     sources: list[Source] = []
     # Under teacher forcing the port got the reference's inputs; keep them in PyTorch layout.
     given = dict(ref_parent.inputs)
@@ -308,18 +296,17 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
         gap = _gap(sides, kid)
         if gap is not None:
             pk, rk, _ = gap
-            ref_in = sides.ref_rec(krow).inputs[rk]
+            ref_in = krow.ref.inputs[rk]
             t, _err = best_transform(ref_in, kid.inputs[pk])
             y_ref, y_port = sides.to_torch(ref_in, kid.raw_inputs[pk], t)
             site = _common(ev, sides, row, "segment", y_ref, y_port)
             site.sources, site.target = sources, krow.layer.label
             return site
         if krow.ref_key is not None and krow.port_key in kid.outputs and krow.transform is not None:
-            r, p = sides.to_torch(sides.ref_rec(krow).outputs[krow.ref_key], kid.outputs[krow.port_key], krow.transform)
-            ctype = sides.ref_rec(krow).module_type
-            ref_side = "torch" if sides.ref_is_torch else "flax"
-            cparams = torch_convention(ev.params(ref_side, sides.ref_rec(krow).path), ref_side, ctype)
-            sources.append(Source(sides.ref_rec(krow).path, r, p, ctype, cparams))
+            r, p = sides.to_torch(krow.ref.outputs[krow.ref_key], kid.outputs[krow.port_key], krow.transform)
+            ctype = krow.ref.module_type
+            cparams = torch_convention(ev.params(ev.ref.framework, krow.ref.path), ev.ref.framework, ctype)
+            sources.append(Source(krow.ref.path, r, p, ctype, cparams))
     if row.layer.local_status in (None, "ok") or row.ref_key is None or row.port_local is None:
         return None
     y_ref, y_port = sides.to_torch(ref_parent.outputs[row.ref_key], row.port_local.outputs[row.port_key], row.transform)

@@ -1,0 +1,173 @@
+"""Rows: which port call is compared with which reference call, and how far apart they are.
+
+One pairing (:func:`call_pairs`) and one measurement (:func:`make_row`) serve
+every mode: the port's calls reach them one at a time, whether the port was
+captured whole or runs call by call (see :mod:`xfdiff.engine`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .align import Alignment
+from .evidence import Row, by_framework
+from .layout import Transform, best_transform, candidates, input_layout
+from .localize import input_map
+from .report import LayerDiff
+from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
+from .trace import CallRecord, Trace
+
+
+class Match(NamedTuple):
+    """The reference call a port call is compared with, and how their modules were paired."""
+
+    ref: CallRecord
+    how: str
+    confidence: float
+
+
+class Measured(NamedTuple):
+    """The worst matched output leaf of one call pair."""
+
+    stats: Stats
+    ref_key: str
+    port_key: str
+    transform: Transform
+    atol: float
+    rtol: float
+    detail: dict | None
+
+
+def call_pairs(al: Alignment, ref_trace: Trace, port_trace: Trace, reference: str) -> dict[str, Match]:
+    """Port call key -> the reference call it is compared with.
+
+    Module pairs are torch path -> flax path; the ``i``-th call of a torch
+    module meets call ``i + offset`` of its Flax module (tied weights: several
+    torch modules share one Flax module's calls). ``port_trace`` needs only
+    the calls (a shape-only description of the port is enough).
+    """
+    torch_trace, flax_trace = by_framework(reference, ref_trace, port_trace)
+    out: dict[str, Match] = {}
+    for rec in torch_trace.records:
+        fpath = al.pairs.get(rec.path)
+        if fpath is None:
+            continue
+        calls = flax_trace.calls_of(fpath)
+        j = rec.call_index + al.offset.get(rec.path, 0)
+        if j >= len(calls):
+            continue
+        ref, port = by_framework(reference, rec, calls[j])
+        out[port.key] = Match(ref, al.how.get(rec.path, ""), al.confidence.get(rec.path, 0.0))
+    return out
+
+
+def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_inputs: bool = False) -> Row | None:
+    """The row of one call pair; None when neither side returned floating-point outputs.
+
+    ``link_inputs``: also find which reference input feeds each port input
+    (teacher forcing needs it, see :mod:`xfdiff.localize`).
+    """
+    ref = m.ref
+    rt, rf = by_framework(reference, ref, port)
+    lyr = LayerDiff(
+        torch_path=rt.path,
+        flax_path=rf.path,
+        call_index=rt.call_index,
+        torch_type=rt.module_type,
+        flax_type=rf.module_type,
+        match=m.how,
+        confidence=m.confidence,
+        depth=rt.depth,
+    )
+    row = Row(lyr, ref, port, reference)
+    errs = [e for e in (rt.error, rf.error) if e]
+    if errs:
+        lyr.note = "; ".join(errs)
+    ref_out, port_out = ref.float_outputs(), port.float_outputs()
+    if not ref_out or not port_out:
+        if not ref_out and not port_out:
+            return None
+        lyr.status = "shape_mismatch"
+        lyr.note = (lyr.note + "; " if lyr.note else "") + "only one side returned floating-point outputs"
+        return row
+    best = _measure(ref, port, tol)
+    if best is None:
+        fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
+        lyr.status = "shape_mismatch"
+        lyr.torch_shape = tuple(next(iter(fo_t.values())).shape)
+        lyr.flax_shape = tuple(next(iter(fo_f.values())).shape)
+        lyr.note = (
+            f"output shapes {[v.shape for v in fo_t.values()]} (torch) and {[v.shape for v in fo_f.values()]} (flax) "
+            "fit no legal layout transform (NCHW/NHWC, head split/merge, broadcast, transpose)"
+        )
+        return row
+    _fill(lyr, best.stats, best.atol, best.rtol)
+    lyr.output_key = best.ref_key
+    lyr.layout = best.transform.name
+    tk, fk = by_framework(reference, best.ref_key, best.port_key)
+    lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
+    lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
+    det = best.detail
+    if det is None:
+        r = best.transform.forward(ref.outputs[best.ref_key])
+        det = stats_and_detail(r, port.outputs[best.port_key], best.atol, best.rtol, detail=True)[1]
+    lyr.detail = det
+    row.ref_key, row.port_key, row.transform = best.ref_key, best.port_key, best.transform
+    if link_inputs:
+        row.inputs_from_ref = input_map(ref, port)
+    return row
+
+
+def pair_outputs(
+    ref: dict[str, np.ndarray], port: dict[str, np.ndarray], hint=None
+) -> list[tuple[str, str, Transform]]:
+    """Pair float output leaves: same key first, then in order among layout-compatible leaves.
+
+    ``hint()`` names the layout the call's inputs arrived in; it settles ties (C == H == W).
+    """
+    pairs = []
+    used: set[str] = set()
+    for rk, rv in ref.items():
+        choice = None
+        if rk in port and rk not in used and candidates(rv.shape, port[rk].shape):
+            choice = rk
+        else:
+            for pk, pv in port.items():
+                if pk not in used and candidates(rv.shape, pv.shape):
+                    choice = pk
+                    break
+        if choice is None:
+            continue
+        cands = candidates(rv.shape, port[choice].shape)
+        # Scoring transforms costs passes over both arrays; only needed when there is a choice.
+        t = cands[0] if len(cands) == 1 else best_transform(rv, port[choice], hint() if hint else None)[0]
+        if t is None:
+            continue
+        used.add(choice)
+        pairs.append((rk, choice, t))
+    return pairs
+
+
+def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance) -> Measured | None:
+    """The worst matched output leaf, or None when no leaf pair fits a legal layout."""
+    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
+    best: tuple[Any, Measured] | None = None
+    pairs = pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
+    for rk, pk, t in pairs:
+        r = t.forward(ref_out[rk])
+        p = port_out[pk]
+        atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
+        s, det = stats_and_detail(r, p, atol, rtol, detail=len(pairs) == 1)
+        key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
+        if best is None or key > best[0]:
+            best = (key, Measured(s, rk, pk, t, atol, rtol, det))
+    return None if best is None else best[1]
+
+
+def _fill(lyr: LayerDiff, s: Stats, atol: float, rtol: float) -> None:
+    lyr.max_abs, lyr.mean_abs, lyr.rel_l2, lyr.cosine = s.max_abs, s.mean_abs, s.rel_l2, s.cosine
+    lyr.tol_needed, lyr.frac_outside, lyr.n_nonfinite = s.tol_needed, s.frac_outside, s.n_nonfinite
+    lyr.atol, lyr.rtol = atol, rtol
+    lyr.status = status_of(s)
