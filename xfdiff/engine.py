@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any
 
 import numpy as np
 
 from .align import Alignment, align
-from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
+from .capture.registry import PORT, REFERENCE, side_for
+from .errors import AlignmentError, ConfigError, XfdiffError
 from .evidence import Evidence, Row
 from .fastmetrics import parallel_map, stats_and_detail
 from .layout import Transform, best_transform, candidates, input_layout
@@ -17,61 +17,6 @@ from .localize import assign_blame, localize
 from .metrics import Tolerance, as_tolerance, lower_precision, status_of
 from .report import LayerDiff, Report
 from .trace import CallRecord, Trace
-
-
-def _flax_side(flax_model: Any, inputs: Any, jit: bool):
-    if _is_fn_pair(flax_model):
-        from .capture.from_jaxfn import TapSide
-
-        return TapSide(flax_model, inputs, jit=jit)
-    if isinstance(flax_model, tuple) or any(c.__name__ == "FlaxPreTrainedModel" for c in type(flax_model).__mro__):
-        from .capture.from_linen import LinenSide
-
-        return LinenSide(flax_model, inputs, jit=jit)
-    if "flax" in sys.modules and _is_nnx(flax_model):
-        from .capture.from_nnx import NnxSide
-
-        return NnxSide(flax_model, inputs, jit=jit)
-    if "torch" in sys.modules and isinstance(flax_model, sys.modules["torch"].nn.Module):
-        raise ModelTypeError(
-            "flax_model is a PyTorch module. Pass the PyTorch model first and the Flax model second: "
-            "xfdiff.compare(pt_model, flax_model, inputs)."
-        )
-    if callable(flax_model) and not isinstance(flax_model, type):
-        from .capture.from_jaxfn import TapSide
-
-        return TapSide(flax_model, inputs, jit=jit)
-    raise ModelTypeError(
-        f"Unsupported flax_model of type {type(flax_model).__name__}: pass a Hugging Face "
-        "FlaxPreTrainedModel, a (linen_module, variables) tuple, an nnx.Module, or a function whose "
-        "values are marked with xfdiff.tap()."
-    )
-
-
-def _is_fn_pair(obj: Any) -> bool:
-    """``(fn, params)``: a plain JAX function and its parameter tree (not a linen module)."""
-    if not (isinstance(obj, tuple) and len(obj) == 2 and callable(obj[0])):
-        return False
-    return not any(c.__module__.startswith("flax") for c in type(obj[0]).__mro__)
-
-
-def _is_nnx(obj: Any) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax always has nnx in supported versions
-        return False
-    return isinstance(obj, nnx.Module)
-
-
-def _torch_side(pt_model: Any, inputs: Any):
-    if not type(pt_model).__module__.startswith("torch") and "torch" not in sys.modules:
-        raise ModelTypeError(
-            f"pt_model must be a torch.nn.Module, got {type(pt_model).__name__}. "
-            "Pass the PyTorch model first and the Flax model second."
-        )
-    from .capture.from_torch import TorchSide
-
-    return TorchSide(pt_model, inputs)
 
 
 def compare(
@@ -146,8 +91,8 @@ def compare(
     from .progress import Progress
 
     prog = Progress(enabled=progress)
-    torch_side = _torch_side(pt_model, inputs)
-    flax_side = _flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, jit)
+    torch_side = side_for(pt_model, inputs, REFERENCE)
+    flax_side = side_for(flax_model, inputs if flax_inputs is None else flax_inputs, PORT, jit=jit)
     env_findings = _environment(pt_model, flax_model) if diagnose else []
     prog.step("capturing PyTorch")
     tt = torch_side.capture()

@@ -40,6 +40,7 @@ import numpy as np
 from . import engine as E
 from . import localize as L
 from .align import Alignment
+from .capture.registry import PORT, REFERENCE, side_for
 from .errors import ConfigError, XfdiffError
 from .evidence import Evidence, Row
 from .metrics import as_tolerance
@@ -169,7 +170,7 @@ class _Run:
 
     def keep(self, rec: CallRecord, flagged: bool) -> None:
         """Spill a flagged call's arrays for the detectors; keep only shapes of the others."""
-        from .capture.from_linen import shape_placeholder
+        from .capture._jax import shape_placeholder
 
         if flagged:
             self.kept_calls += 1
@@ -270,7 +271,7 @@ def _localize(ev: Evidence, side: Any, run: _Run, notes: list[str]) -> None:
 
 
 def _check_supported(reference: str, flax_side: Any) -> None:
-    if reference != "torch" or not hasattr(flax_side, "stream"):
+    if reference != "torch" or not flax_side.supports_streaming:
         raise ConfigError(
             "memory='bounded' supports a PyTorch reference and a linen or Hugging Face Flax port "
             f"(reference='torch'); got reference={reference!r} and a {flax_side.framework} port. "
@@ -306,8 +307,8 @@ def compare_bounded(
 
     tol = as_tolerance(tolerance)
     prog = Progress(enabled=progress)
-    torch_side = E._torch_side(pt_model, inputs)
-    flax_side = E._flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, False)
+    torch_side = side_for(pt_model, inputs, REFERENCE)
+    flax_side = side_for(flax_model, inputs if flax_inputs is None else flax_inputs, PORT, jit=False)
     _check_supported(reference, flax_side)
     env_findings = E._environment(pt_model, flax_model) if diagnose else []
     with tempfile.TemporaryDirectory(prefix="xfdiff-spill-", dir=spill_dir) as tmp:
