@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental import io_callback
 
 from ..errors import CaptureError, InternalError, ModelTypeError
 from ..trace import CallRecord, Trace, canonical_path
@@ -190,6 +191,8 @@ class _Calls:
         self.host: list[tuple[int, dict, dict, dict]] = []
         self.on_call: Callable | None = None
         self.shape_values: list = []  # skeleton: every value as a jax.ShapeDtypeStruct
+        self.subst: Mapping = {}  # this run's teacher forcing, read by calls inside transforms
+        self.fetch_counts: dict[str, int] = {}
 
     def on_host(self, entry: int, ins, outs, raw) -> None:
         """Runs when a call inside a JAX transform actually executed (once per scan step / vmap example)."""
@@ -199,6 +202,22 @@ class _Calls:
             st = self.statics[entry]
             idx = sum(1 for e, *_ in self.host if self.statics[e].path == st.path) - 1
             self.on_call(st.path, idx, st.module_type, st.method, entry, ins, outs, raw)
+
+
+def _fetch_at_run_time(calls: _Calls, path: str, keys: list[str], originals: list) -> list:
+    """The substitutes of ``path``'s current run (or the originals where it has none), fetched from the host."""
+
+    def fetch(*values):
+        idx = calls.fetch_counts.get(path, 0)
+        calls.fetch_counts[path] = idx + 1
+        d = calls.subst.get((path, idx)) or {}
+        keyed = dict(zip(keys, values, strict=True))
+        return [
+            np.asarray(d[k]).astype(v.dtype).reshape(v.shape) if k in d else np.asarray(v) for k, v in keyed.items()
+        ]
+
+    shapes = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in originals]
+    return io_callback(fetch, shapes, *originals, ordered=False)
 
 
 def _inner_tracer(values, outer: Any) -> bool:
@@ -300,26 +319,36 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
         def begin(mod, name, a, kw):
             """Path, call index and (teacher-forced) arguments of one call; xfdiff's side only."""
             parts = tuple(str(p) for p in mod.path) if mod.scope is not None else ()
-            if not parts and stack:
+            if not parts and stack and all(id(mod.scope) != sc for _, sc in stack):
                 # A submodule run through `.apply` inside the forward (e.g. a tied LM
                 # head) starts a new scope; name it under the module that applies it.
-                parts = stack[-1] + (mod.name or type(mod).__name__,)
+                parts = stack[-1][0] + (mod.name or type(mod).__name__,)
             path = canonical_path(parts, name)
             idx = counters.get(path, 0)
             counters[path] = idx + 1
             ins = {**flatten_leaves(tuple(a), ("args",)), **flatten_leaves(dict(kw), ("kwargs",))}
             inner = _inner_tracer(ins.values(), outer)
-            keys = sub_keys.get((path, idx))
             raw, note = {}, None
-            if keys and inner:
-                note = "teacher forcing not applied: the call runs inside a JAX transform (nn.scan, nn.vmap, ...)"
-            elif keys:
+            if inner:
+                # Inside nn.scan / nn.remat a traced call runs any number of times: its
+                # substitutes are fetched when it runs, by the index of that run.
+                keys = sorted({k for (p, _), ks in sub_keys.items() if p == path for k in ks if k in ins})
+                if keys and _batch_axes(ins):
+                    note = "teacher forcing not applied: the call runs per example inside nn.vmap"
+                elif keys:
+                    forced = _fetch_at_run_time(calls, path, keys, [ins[k] for k in keys])
+                    raw = {k: ins[k] for k in keys}
+                    s = dict(zip(keys, forced, strict=True))
+                    a, kw = replace_leaves(tuple(a), ("args",), s), replace_leaves(dict(kw), ("kwargs",), s)
+                    ins = {**flatten_leaves(a, ("args",)), **flatten_leaves(kw, ("kwargs",))}
+            elif sub_keys.get((path, idx)):
+                keys = sub_keys[(path, idx)]
                 raw = {k: v for k, v in ins.items() if k in keys}
                 s = {k: svals[f"{path}#{idx}#{k}"] for k in keys}
                 a = replace_leaves(tuple(a), ("args",), s)
                 kw = replace_leaves(dict(kw), ("kwargs",), s)
                 ins = {**flatten_leaves(a, ("args",)), **flatten_leaves(kw, ("kwargs",))}
-            return parts, path, idx, a, kw, ins, raw, inner, note
+            return (parts, id(mod.scope)), path, idx, a, kw, ins, raw, inner, note
 
         def finish(mod, name, path, idx, ins, raw, out, inner, note) -> None:
             outs = flatten_leaves(out, ("out",)) if record_outputs else {}
@@ -349,10 +378,10 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
                 return next_fun(*a, **kw)
             mod = ctx.module
             try:
-                parts, path, idx, a2, kw2, ins, raw, inner, note = begin(mod, name, a, kw)
+                frame, path, idx, a2, kw2, ins, raw, inner, note = begin(mod, name, a, kw)
             except Exception as e:
                 raise _OwnFailure(f"reading the inputs of a call of {type(mod).__name__}.{name}") from e
-            stack.append(parts)
+            stack.append(frame)
             try:
                 out = next_fun(*a2, **kw2)  # the user's code: its exceptions pass through untouched
             finally:
@@ -483,6 +512,7 @@ class LinenSide:
             fn = jitted
         calls.host.clear()
         calls.on_call = on_call
+        calls.subst, calls.fetch_counts = subst, {}
         try:
             _, values = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
             if any(st.via_callback for st in calls.statics):
