@@ -4,8 +4,8 @@
   :class:`StreamingSide`, :class:`SinkSide`) and the :data:`Substitute` format of teacher forcing.
 - ``registry.py``: which adapter takes which model (:func:`side_for`); how to add a framework.
 - ``from_torch.py``, ``from_linen.py``, ``from_nnx.py``, ``from_jaxfn.py``: the adapters.
-- ``_common.py`` (framework-free), ``_jax.py``, ``_torch.py``, ``jax_record.py``: helpers the
-  adapters share; no adapter imports another.
+- ``_common.py`` (framework-free), ``_jax.py``, ``_torch.py``, ``jax_record.py``, ``_linen_calls.py``:
+  helpers the adapters share; no adapter imports another.
 """
 
 from __future__ import annotations

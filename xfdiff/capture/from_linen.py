@@ -27,18 +27,18 @@ import functools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.experimental import io_callback
 
 from ..errors import CaptureError, InternalError, ModelTypeError
 from ..trace import CallRecord, Trace, canonical_path
 from ._common import config_of
 from ._jax import CONCRETE_ERRORS, add_param, flatten_leaves, is_array, replace_leaves, to_host, to_jax_inputs
+from ._linen_calls import Calls, Static, batch_axes, fetch_at_run_time, group_start, host_calls, inner_tracer
 from .base import Substitute
 
 
@@ -145,8 +145,8 @@ def _signature(variables, leaves, treedef, dyn_idx, sub_keys, sub_vals, record_o
     return (treedef, static, shapes, vdef, vshapes, subs, tuple(sorted(sub_keys.items())), record_outputs)
 
 
-def _cached_jit(owner: Any, sig: tuple | None, run: Callable, calls: _Calls) -> tuple[Callable, _Calls]:
-    """The jitted ``run`` for ``(owner, sig)`` and the :class:`_Calls` its traces fill."""
+def _cached_jit(owner: Any, sig: tuple | None, run: Callable, calls: Calls) -> tuple[Callable, Calls]:
+    """The jitted ``run`` for ``(owner, sig)`` and the :class:`Calls` its traces fill."""
     if sig is None:
         return jax.jit(run), calls
     key = (id(owner), sig)
@@ -165,89 +165,6 @@ def _cached_jit(owner: Any, sig: tuple | None, run: Callable, calls: _Calls) -> 
     return fn, calls
 
 
-class _Static(NamedTuple):
-    """What is known of one call when it is traced."""
-
-    path: str
-    index: int
-    module_type: str
-    method: str
-    config: dict
-    slots: tuple | None  # (ins, outs, raw) positions in the returned values; None: values went elsewhere
-    via_callback: bool  # values inside a JAX transform: they reach the host through a callback
-    batch: dict  # leaf key -> vmap axis, for calls traced per example under nn.vmap
-    error: str | None
-
-
-class _Calls:
-    """The calls one traced forward records: static facts at trace time, values from callbacks at run time.
-
-    A cached jitted function keeps its ``_Calls``: the statics are filled when
-    it is traced, ``host`` afresh each time it runs.
-    """
-
-    def __init__(self) -> None:
-        self.statics: list[_Static] = []
-        self.host: list[tuple[int, dict, dict, dict]] = []
-        self.on_call: Callable | None = None
-        self.shape_values: list = []  # skeleton: every value as a jax.ShapeDtypeStruct
-        self.subst: Mapping = {}  # this run's teacher forcing, read by calls inside transforms
-        self.fetch_counts: dict[str, int] = {}
-
-    def on_host(self, entry: int, ins, outs, raw) -> None:
-        """Runs when a call inside a JAX transform actually executed (once per scan step / vmap example)."""
-        ins, outs, raw = ({k: np.asarray(v) for k, v in d.items()} for d in (ins, outs, raw))
-        self.host.append((entry, ins, outs, raw))
-        if self.on_call is not None:
-            st = self.statics[entry]
-            idx = sum(1 for e, *_ in self.host if self.statics[e].path == st.path) - 1
-            self.on_call(st.path, idx, st.module_type, st.method, entry, ins, outs, raw)
-
-
-def _fetch_at_run_time(calls: _Calls, path: str, keys: list[str], originals: list) -> list:
-    """The substitutes of ``path``'s current run (or the originals where it has none), fetched from the host."""
-
-    def fetch(*values):
-        idx = calls.fetch_counts.get(path, 0)
-        calls.fetch_counts[path] = idx + 1
-        d = calls.subst.get((path, idx)) or {}
-        keyed = dict(zip(keys, values, strict=True))
-        return [
-            np.asarray(d[k]).astype(v.dtype).reshape(v.shape) if k in d else np.asarray(v) for k, v in keyed.items()
-        ]
-
-    shapes = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in originals]
-    return io_callback(fetch, shapes, *originals, ordered=False)
-
-
-def _inner_tracer(values, outer: Any) -> bool:
-    """True when a value belongs to a trace inside the forward (nn.scan, nn.remat, nn.vmap, an inner jit)."""
-    return any(isinstance(v, jax.core.Tracer) and getattr(v, "_trace", None) is not outer for v in values)
-
-
-def _batch_axes(leaves: dict) -> dict[str, int]:
-    """Leaf key -> batch axis of values traced per example under ``vmap`` (empty when unknown)."""
-    out = {}
-    for k, v in leaves.items():
-        dim = getattr(v, "batch_dim", None) if type(v).__name__ == "BatchTracer" else None
-        if isinstance(dim, int):
-            out[k] = dim
-    return out
-
-
-def _stack_examples(group: list[tuple], batch: dict) -> tuple:
-    """One record's (ins, outs, raw) from the per-example callbacks of a vmapped call."""
-    first = group[0]
-    merged = []
-    for i in range(1, 4):
-        d = {}
-        for k, v in first[i].items():
-            axis = batch.get(k)
-            d[k] = np.stack([g[i][k] for g in group], axis=axis) if axis is not None else v
-        merged.append(d)
-    return tuple(merged)
-
-
 class _OwnFailure(Exception):
     """xfdiff's own recording code failed inside the forward (not the user's model)."""
 
@@ -264,36 +181,10 @@ def _is_ordered_refusal(e: Exception) -> bool:
     return "ordered" in str(e).lower() and "effect" in str(e).lower()
 
 
-def _group_start(statics: list[_Static], entry: int) -> int:
-    """The first entry of the run of consecutive callback entries holding ``entry``: where their records go."""
-    while entry > 0 and statics[entry - 1].via_callback:
-        entry -= 1
-    return entry
-
-
-def _host_calls(calls: _Calls) -> list[tuple]:
-    """Callback values in the order they ran; the per-example calls of a vmapped call stacked into one."""
-    out: list[tuple] = []
-    pending: dict[int, list] = {}
-    for entry, ins, outs, raw in calls.host:
-        batch = calls.statics[entry].batch
-        if not batch:
-            out.append((entry, ins, outs, raw))
-            continue
-        group = pending.setdefault(entry, [])
-        group.append((entry, ins, outs, raw))
-        if len(group) == batch["__size__"]:
-            out.append((entry, *_stack_examples(group, batch)))
-            del pending[entry]
-    for group in pending.values():  # an incomplete batch: keep the examples as they came
-        out.extend(group)
-    return out
-
-
 def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call, shapes_only, ordered) -> Callable:
-    """The forward with the interceptor that records every module method call into a :class:`_Calls`."""
+    """The forward with the interceptor that records every module method call into a :class:`Calls`."""
 
-    def run(calls: _Calls, variables, dyn, svals):
+    def run(calls: Calls, variables, dyn, svals):
         calls.statics.clear()  # a (re)trace records the call structure afresh
         calls.shape_values = []
         full = list(leaves)
@@ -327,16 +218,16 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
             idx = counters.get(path, 0)
             counters[path] = idx + 1
             ins = {**flatten_leaves(tuple(a), ("args",)), **flatten_leaves(dict(kw), ("kwargs",))}
-            inner = _inner_tracer(ins.values(), outer)
+            inner = inner_tracer(ins.values(), outer)
             raw, note = {}, None
             if inner:
                 # Inside nn.scan / nn.remat a traced call runs any number of times: its
                 # substitutes are fetched when it runs, by the index of that run.
                 keys = sorted({k for (p, _), ks in sub_keys.items() if p == path for k in ks if k in ins})
-                if keys and _batch_axes(ins):
+                if keys and batch_axes(ins):
                     note = "teacher forcing not applied: the call runs per example inside nn.vmap"
                 elif keys:
-                    forced = _fetch_at_run_time(calls, path, keys, [ins[k] for k in keys])
+                    forced = fetch_at_run_time(calls, path, keys, [ins[k] for k in keys])
                     raw = {k: ins[k] for k in keys}
                     s = dict(zip(keys, forced, strict=True))
                     a, kw = replace_leaves(tuple(a), ("args",), s), replace_leaves(dict(kw), ("kwargs",), s)
@@ -352,16 +243,16 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
 
         def finish(mod, name, path, idx, ins, raw, out, inner, note) -> None:
             outs = flatten_leaves(out, ("out",)) if record_outputs else {}
-            inner = inner or _inner_tracer(outs.values(), outer)
+            inner = inner or inner_tracer(outs.values(), outer)
             entry = len(calls.statics)
             typ, cfg = type(mod).__name__, module_config(mod)
-            batch: dict = {}
             if inner and not shapes_only:
-                batch = {**_batch_axes(ins), **_batch_axes(outs), **_batch_axes(raw)}
+                batch = {**batch_axes(ins), **batch_axes(outs), **batch_axes(raw)}
+                size = 0
                 if batch:
                     v = next(v for k, v in (*ins.items(), *outs.items(), *raw.items()) if k in batch)
-                    batch["__size__"] = v.val.shape[v.batch_dim]
-                st = _Static(path, idx, typ, name, cfg, None, True, batch, note)
+                    size = v.val.shape[v.batch_dim]
+                st = Static(path, idx, typ, name, cfg, None, True, batch, size, note)
                 calls.statics.append(st)
                 jax.debug.callback(functools.partial(calls.on_host, entry), ins, outs, raw, ordered=ordered)
                 return
@@ -370,7 +261,7 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
                 on_call(path, idx, typ, name, entry, ins, outs, raw)
             else:
                 where_from = (slots(ins), slots(outs), slots(raw))
-            calls.statics.append(_Static(path, idx, typ, name, cfg, where_from, False, {}, note))
+            calls.statics.append(Static(path, idx, typ, name, cfg, where_from, False, {}, 0, note))
 
         def interceptor(next_fun, a, kw, ctx):
             name = ctx.method_name
@@ -490,7 +381,7 @@ class LinenSide:
                 self.ordered = False
 
     def _capture_once(self, substitute, jit, record_outputs, on_call, shapes_only) -> Trace:
-        calls = _Calls()
+        calls = Calls()
         subst = substitute or {}
         sub_keys = {k: tuple(v) for k, v in subst.items()}
         if on_call is not None:
@@ -510,9 +401,7 @@ class LinenSide:
             sig = None if sig is None else (*sig, self.ordered)
             jitted, calls = _cached_jit(self._owner, sig, lambda *a, _c=calls: run(_c, *a), calls)
             fn = jitted
-        calls.host.clear()
-        calls.on_call = on_call
-        calls.subst, calls.fetch_counts = subst, {}
+        calls.reset(on_call, subst)
         try:
             _, values = fn(self.variables, [leaves[i] for i in dyn_idx], sub_vals)
             if any(st.via_callback for st in calls.statics):
@@ -543,7 +432,7 @@ class LinenSide:
             values = calls.shape_values
         return self._trace(calls, [to_host(v) for v in values], jit)
 
-    def _trace(self, calls: _Calls, host: list, jit: bool) -> Trace:
+    def _trace(self, calls: Calls, host: list, jit: bool) -> Trace:
         trace = Trace(side="flax", framework="linen")
         keyed = []
         for entry, st in enumerate(calls.statics):
@@ -554,13 +443,13 @@ class LinenSide:
             if st.slots is not None:  # None: the values went to on_call
                 rec.inputs, rec.outputs, rec.raw_inputs = ({k: host[i] for k, i in d.items()} for d in st.slots)
             keyed.append(((entry, 0, 0), rec))
-        for seq, (entry, ins, outs, raw) in enumerate(_host_calls(calls)):
+        for seq, (entry, ins, outs, raw) in enumerate(host_calls(calls)):
             st = calls.statics[entry]
             rec = CallRecord(path=st.path, call_index=0, module_type=st.module_type, method=st.method)
             rec.error = st.error
             if calls.on_call is None:
                 rec.inputs, rec.outputs, rec.raw_inputs = ins, outs, raw
-            keyed.append(((_group_start(calls.statics, entry), 1, seq), rec))
+            keyed.append(((group_start(calls.statics, entry), 1, seq), rec))
         counts: dict[str, int] = {}
         for order, (_, rec) in enumerate(sorted(keyed, key=lambda kr: kr[0])):
             rec.order = order
