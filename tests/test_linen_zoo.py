@@ -485,3 +485,14 @@ def test_a_failure_of_xfdiffs_recording_is_reported_as_xfdiffs(monkeypatch):
     with pytest.raises(InternalError, match="not of your model") as info:
         LinenSide((FMLP(), {"params": mlp(pt)}), data(2, D)).capture()
     assert "config reader broke" in str(info.value) and "raised RuntimeError during its forward" not in str(info.value)
+
+
+def test_bounded_memory_finds_the_same_culprit_inside_nn_remat():
+    pt = seeded(TStack())
+    variables = {"params": {f"blocks_{i}": mlp(b) for i, b in enumerate(pt.blocks)}}
+    x = data(2, 3, D)
+    kw = dict(diagnose=False, progress=False)
+    full = xfdiff.compare(pt, (RematStack(1), variables), x, **kw)
+    bounded = xfdiff.compare(pt, (RematStack(1), variables), x, memory="bounded", **kw)
+    assert full.first_divergence.torch_path == bounded.first_divergence.torch_path == "blocks.1"
+    assert [lyr.torch_path for lyr in full.layers] == [lyr.torch_path for lyr in bounded.layers]
