@@ -8,12 +8,12 @@ where the reference's activations are kept. Each stage below is one function.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Any, NamedTuple
 
 from .align import Alignment, align
-from .errors import AlignmentError, ConfigError, ModelTypeError, XfdiffError
+from .capture.registry import PORT, REFERENCE, side_for
+from .errors import AlignmentError, ConfigError, XfdiffError
 from .evidence import Evidence, Row, Side, by_framework, other
 from .localize import assign_blame, localize
 from .report import Report
@@ -21,61 +21,6 @@ from .rows import Match, call_pairs, make_row
 from .runs import CallQueue, open_store, port_run
 from .stats import Tolerance, as_tolerance
 from .trace import CallRecord, Trace
-
-
-def _flax_side(flax_model: Any, inputs: Any, jit: bool):
-    if _is_fn_pair(flax_model):
-        from .capture.from_jaxfn import TapSide
-
-        return TapSide(flax_model, inputs, jit=jit)
-    if isinstance(flax_model, tuple) or any(c.__name__ == "FlaxPreTrainedModel" for c in type(flax_model).__mro__):
-        from .capture.from_linen import LinenSide
-
-        return LinenSide(flax_model, inputs, jit=jit)
-    if "flax" in sys.modules and _is_nnx(flax_model):
-        from .capture.from_nnx import NnxSide
-
-        return NnxSide(flax_model, inputs, jit=jit)
-    if "torch" in sys.modules and isinstance(flax_model, sys.modules["torch"].nn.Module):
-        raise ModelTypeError(
-            "flax_model is a PyTorch module. Pass the PyTorch model first and the Flax model second: "
-            "xfdiff.compare(pt_model, flax_model, inputs)."
-        )
-    if callable(flax_model) and not isinstance(flax_model, type):
-        from .capture.from_jaxfn import TapSide
-
-        return TapSide(flax_model, inputs, jit=jit)
-    raise ModelTypeError(
-        f"Unsupported flax_model of type {type(flax_model).__name__}: pass a Hugging Face "
-        "FlaxPreTrainedModel, a (linen_module, variables) tuple, an nnx.Module, or a function whose "
-        "values are marked with xfdiff.tap()."
-    )
-
-
-def _is_fn_pair(obj: Any) -> bool:
-    """``(fn, params)``: a plain JAX function and its parameter tree (not a linen module)."""
-    if not (isinstance(obj, tuple) and len(obj) == 2 and callable(obj[0])):
-        return False
-    return not any(c.__module__.startswith("flax") for c in type(obj[0]).__mro__)
-
-
-def _is_nnx(obj: Any) -> bool:
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax always has nnx in supported versions
-        return False
-    return isinstance(obj, nnx.Module)
-
-
-def _torch_side(pt_model: Any, inputs: Any):
-    if not type(pt_model).__module__.startswith("torch") and "torch" not in sys.modules:
-        raise ModelTypeError(
-            f"pt_model must be a torch.nn.Module, got {type(pt_model).__name__}. "
-            "Pass the PyTorch model first and the Flax model second."
-        )
-    from .capture.from_torch import TorchSide
-
-    return TorchSide(pt_model, inputs)
 
 
 def compare(
@@ -189,8 +134,8 @@ def _check_options(reference: str, memory: str) -> None:
 
 def _sides(pt_model: Any, flax_model: Any, inputs: Any, flax_inputs: Any, jit: bool, reference: str) -> Sides:
     """The capture side of each model, by role."""
-    torch_side = _torch_side(pt_model, inputs)
-    flax_side = _flax_side(flax_model, inputs if flax_inputs is None else flax_inputs, jit)
+    torch_side = side_for(pt_model, inputs, REFERENCE)
+    flax_side = side_for(flax_model, inputs if flax_inputs is None else flax_inputs, PORT, jit=jit)
     ref, port = by_framework(reference, torch_side, flax_side)
     ref_model, port_model = by_framework(reference, pt_model, flax_model)
     return Sides(ref, port, reference, ref_model, port_model)

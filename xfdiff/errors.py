@@ -26,6 +26,10 @@ class CaptureError(XfdiffError, RuntimeError):
     """A model's forward pass raised while xfdiff was recording it."""
 
 
+class InternalError(CaptureError):
+    """xfdiff itself failed while recording a model; the model is not at fault (please report it)."""
+
+
 class AlignmentError(XfdiffError, ValueError):
     """The two models could not be paired module by module."""
 

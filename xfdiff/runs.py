@@ -93,7 +93,7 @@ class CapturedRun:
 
 def port_run(side: Any, store: Any) -> Any:
     """The port run for ``store``: call by call where the store is bounded and the side can stream."""
-    if store.bounded and callable(getattr(side, "stream", None)) and callable(getattr(side, "skeleton", None)):
+    if store.bounded and side.supports_streaming:
         from .streaming import StreamedRun
 
         return StreamedRun(side, store)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import inspect
 import mmap
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -93,9 +92,9 @@ class SpillStore:
             self.spill_record(rec)
             trim_heap()
 
-        if "sink" in inspect.signature(side.capture).parameters:
+        if side.supports_sink:
             trace = side.capture(sink=sink)
-        elif callable(getattr(side, "stream", None)):
+        elif side.supports_streaming:
             trace = _stream_records(side, lambda rec: rec, sink)
         else:
             trace = side.capture()
@@ -110,7 +109,7 @@ class SpillStore:
 
     def keep(self, rec: CallRecord, full: bool) -> None:
         """Spill a flagged port call's arrays for the detectors; keep only shapes of the others."""
-        from .capture.from_linen import shape_placeholder
+        from .capture._jax import shape_placeholder
 
         if full:
             self.kept_calls += 1

@@ -1,23 +1,16 @@
 """Capture adapters: one framework per file, each imported only when used.
 
-Every adapter exposes a *side* object with::
-
-    side.name          # "torch" or "flax"
-    side.framework     # "torch", "linen", "nnx", "jax"
-    side.capture(substitute=None) -> Trace
-
-``substitute`` maps ``(canonical_path, call_index)`` to ``{leaf_key: array}``;
-the adapter feeds those arrays to that call in place of its own inputs
-(teacher forcing) and records what the call then returns.
+- ``base.py``: the interface every adapter's *side* provides (:class:`CaptureSide`,
+  :class:`StreamingSide`, :class:`SinkSide`) and the :data:`Substitute` format of teacher forcing.
+- ``registry.py``: which adapter takes which model (:func:`side_for`); how to add a framework.
+- ``from_torch.py``, ``from_linen.py``, ``from_nnx.py``, ``from_jaxfn.py``: the adapters.
+- ``_common.py`` (framework-free), ``_jax.py``, ``_torch.py``, ``jax_record.py``, ``_linen_calls.py``:
+  helpers the adapters share; no adapter imports another.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from ._common import leaf_key
+from .base import Substitute
 
-Substitute = dict[tuple[str, int], dict[str, Any]]
-
-
-def leaf_key(parts) -> str:
-    """Join key-path components: ``("kwargs", "hidden_states")`` -> ``kwargs.hidden_states``."""
-    return ".".join(str(p) for p in parts)
+__all__ = ["Substitute", "leaf_key"]

@@ -31,8 +31,9 @@ import numpy as np
 
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
-from . import Substitute
-from .from_linen import add_param, function_name, key_str, to_jax_inputs
+from ._common import framework_of, function_name
+from ._jax import add_param, key_str, to_jax_inputs
+from .base import Substitute
 from .jax_record import run_once, run_with_fallbacks
 
 
@@ -59,6 +60,21 @@ def _unjit(fn: Callable) -> Callable:
     return fn
 
 
+# Callables of these frameworks are models of their own adapters (or of none), not tapped JAX functions.
+_NOT_FUNCTIONS = ("torch", "flax", "keras", "tf_keras", "tensorflow")
+
+
+def accepts(model: Any) -> bool:
+    """A plain JAX function (not a class, not another framework's model), alone or as ``(fn, params)``."""
+    fn = model[0] if isinstance(model, tuple) and len(model) == 2 else model
+    return callable(fn) and not isinstance(fn, type) and framework_of(fn) not in _NOT_FUNCTIONS
+
+
+def make_side(model: Any, inputs: Any, *, jit: bool = True) -> TapSide:
+    """The capture side of a tapped JAX function."""
+    return TapSide(model, inputs, jit=jit)
+
+
 class TapSide:
     """Records the taps of one call of a JAX function.
 
@@ -74,6 +90,8 @@ class TapSide:
 
     name = "flax"
     framework = "jax"
+    supports_streaming = False
+    supports_sink = False
 
     def __init__(self, fn: Any, inputs: Any, jit: bool = True, params: Any = None):
         if isinstance(fn, tuple):

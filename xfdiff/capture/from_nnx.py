@@ -29,13 +29,13 @@ from flax import nnx
 
 from ..errors import CaptureError, ModelTypeError
 from ..trace import Trace, canonical_path
-from . import Substitute
-from .from_linen import add_param, function_name, to_jax_inputs
+from ._common import config_of
+from ._jax import add_param, to_jax_inputs
+from .base import Substitute
 from .jax_record import active, run_once, run_with_fallbacks
 
 TAG = "_xfdiff_path"
 _tokens = itertools.count(1)
-_SCALARS = (bool, int, float, str)
 
 
 def _is_graph_node(x: Any) -> bool:
@@ -82,22 +82,12 @@ def params_by_module(
 
 
 def module_config(mod: nnx.Module) -> dict[str, Any]:
-    """Scalar settings of a module (epsilon, use_bias, approximate, activation names)."""
-    cfg: dict[str, Any] = {}
-    for k, v in vars(mod).items():
-        if k.startswith("_") or isinstance(v, (nnx.Pytree, nnx.Variable)):
-            continue
-        if isinstance(v, _SCALARS):
-            cfg[k] = v
-        elif isinstance(v, tuple) and len(v) <= 8 and all(isinstance(x, _SCALARS) for x in v):
-            cfg[k] = list(v)
-        elif isinstance(v, type) and issubclass(v, np.generic) or type(v).__name__ == "_ScalarMeta":
-            cfg[k] = np.dtype(v).name
-        elif callable(v) and not isinstance(v, type):
-            name = function_name(v)
-            if name:
-                cfg[k] = name
-    return cfg
+    """Settings of a module (epsilon, use_bias, approximate, dtype and activation names); never raises."""
+    try:
+        items = [(k, v) for k, v in vars(mod).items() if not k.startswith("_")]
+    except TypeError:
+        return {}
+    return config_of((k, v) for k, v in items if not isinstance(v, (nnx.Pytree, nnx.Variable)))
 
 
 def _resolve_call(cls: type) -> Any:
@@ -154,6 +144,16 @@ def patched(modules: dict[str, nnx.Module], token: int):
                 delattr(cls, "__call__")
 
 
+def accepts(model: Any) -> bool:
+    """An ``nnx.Module``."""
+    return isinstance(model, nnx.Module)
+
+
+def make_side(model: Any, inputs: Any, *, jit: bool = True) -> NnxSide:
+    """The capture side of an NNX model."""
+    return NnxSide(model, inputs, jit=jit)
+
+
 class NnxSide:
     """Records every ``nnx.Module`` call of ``model(*args, **kwargs)``.
 
@@ -166,6 +166,8 @@ class NnxSide:
 
     name = "flax"
     framework = "nnx"
+    supports_streaming = False
+    supports_sink = False
 
     def __init__(self, model: Any, inputs: Any, jit: bool = True):
         if not isinstance(model, nnx.Module):

@@ -23,32 +23,11 @@ import torch
 
 from ..errors import CaptureError, InputError, ModelTypeError
 from ..trace import CallRecord, ParamToken, Trace, canonical_path
-from . import Substitute, leaf_key
+from ._common import leaf_key
+from ._torch import from_numpy, to_numpy
+from .base import Substitute
 
 _SCALARS = (bool, int, float, str)
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """Copy a tensor to numpy (bfloat16 becomes ml_dtypes.bfloat16)."""
-    t = t.detach()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.to(torch.float32).cpu().numpy().astype(ml_dtypes.bfloat16)
-    return t.cpu().numpy().copy()
-
-
-def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
-    a = np.asarray(a)
-    if a.dtype.name == "bfloat16":
-        t = torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
-    else:
-        t = torch.from_numpy(np.ascontiguousarray(a).copy())
-    if like is not None:
-        t = t.to(dtype=like.dtype, device=like.device)
-    return t
 
 
 class CopyMemo:
@@ -183,11 +162,23 @@ def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
     )
 
 
+def accepts(model: Any) -> bool:
+    """True for a ``torch.nn.Module``."""
+    return isinstance(model, torch.nn.Module)
+
+
+def make_side(model: Any, inputs: Any, *, jit: bool = True) -> TorchSide:
+    """The capture side of a PyTorch model (``jit`` does not apply)."""
+    return TorchSide(model, inputs)
+
+
 class TorchSide:
     """Records every module call of ``model(*args, **kwargs)``."""
 
     name = "torch"
     framework = "torch"
+    supports_streaming = False
+    supports_sink = True
 
     def __init__(self, model: Any, inputs: Any):
         if not isinstance(model, torch.nn.Module):

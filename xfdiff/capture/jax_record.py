@@ -22,7 +22,7 @@ import contextlib
 import functools
 import itertools
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,8 +31,8 @@ import numpy as np
 
 from ..tap import _active, set_recorder
 from ..trace import CallRecord, Trace, canonical_path
-from . import Substitute, leaf_key
-from .from_linen import key_str
+from ._jax import CONCRETE_ERRORS, flatten_leaves, replace_leaves
+from .base import Substitute
 
 DIRECT, CALLBACK, UNORDERED = "direct", "callback", "unordered"
 
@@ -42,43 +42,6 @@ ESCAPE_ERRORS: tuple[type[BaseException], ...] = (jax.errors.UnexpectedTracerErr
 
 class Escaped(Exception):
     """Raised in eager direct mode when a recorded value is an inner-transform tracer."""
-
-
-def _is_array(x: Any) -> bool:
-    if not isinstance(x, (jax.Array, np.ndarray)):
-        return False
-    # PRNG key arrays have an extended dtype numpy cannot hold.
-    return not jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended)
-
-
-def flatten_leaves(obj: Any, prefix: tuple, skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
-    """Array leaves of a pytree keyed like ``args.0`` / ``kwargs.x`` / ``out.0``.
-
-    ``skip(node)`` drops whole subtrees (NNX modules passed as arguments,
-    parameter leaves of a tapped step).
-    """
-    is_leaf = skip if skip is not None else None
-    leaves, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=is_leaf)
-    out = {}
-    for path, leaf in leaves:
-        if skip is not None and skip(leaf):
-            continue
-        if _is_array(leaf):
-            out[leaf_key(prefix + tuple(key_str(p) for p in path))] = leaf
-    return out
-
-
-def replace_leaves(obj: Any, prefix: tuple, subst: Mapping[str, Any], skip=None) -> Any:
-    """A copy of pytree ``obj`` whose array leaves at keys in ``subst`` are replaced."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(obj, is_leaf=skip)
-    new = []
-    for path, leaf in leaves:
-        key = leaf_key(prefix + tuple(key_str(p) for p in path))
-        if key in subst and _is_array(leaf) and not (skip is not None and skip(leaf)):
-            new.append(jnp.asarray(subst[key], dtype=leaf.dtype).reshape(leaf.shape))
-        else:
-            new.append(leaf)
-    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def substitute_arrays(substitute: Substitute | None) -> dict[str, Any]:
@@ -240,15 +203,6 @@ def recording(rec: Recorder):
 def active() -> Recorder | None:
     """The recorder of the capture running on this thread, if any."""
     return _active()
-
-
-# Errors meaning "the model needs concrete values": run it eagerly instead of under jax.jit.
-CONCRETE_ERRORS: tuple[type[BaseException], ...] = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerBoolConversionError,
-    jax.errors.TracerIntegerConversionError,
-    jax.errors.TracerArrayConversionError,
-)
 
 
 _runs = itertools.count(1)

@@ -1,0 +1,125 @@
+"""JAX helpers shared by the JAX adapters (linen, NNX, tapped functions) and the JAX recorder.
+
+Nothing here knows about a particular model library: pytree leaves keyed by
+their path, input conversion, parameter storage with identity tokens, shape
+placeholders, and the errors that mean "run this eagerly".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import InputError
+from ..trace import ParamToken
+from ._common import leaf_key
+
+# Errors raised while tracing a model that needs concrete values: run it eagerly instead of under jax.jit.
+CONCRETE_ERRORS: tuple[type[BaseException], ...] = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+def key_str(entry: Any) -> str:
+    """One jax key-path entry as a string component."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def is_array(x: Any) -> bool:
+    """A JAX or numpy array that numpy can hold (PRNG key arrays have an extended dtype and are not)."""
+    if not isinstance(x, (jax.Array, np.ndarray)):
+        return False
+    return not jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended)
+
+
+def flatten_leaves(obj: Any, prefix: tuple, skip: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """Array leaves of a pytree keyed like ``args.0`` / ``kwargs.x`` / ``out.0``.
+
+    Anything else in the tree (None, bools, strings, objects JAX does not
+    know) is passed over. ``skip(node)`` drops whole subtrees (NNX modules
+    passed as arguments, parameter leaves of a tapped step).
+    """
+    leaves, _ = jax.tree_util.tree_flatten_with_path(obj, is_leaf=skip)
+    out = {}
+    for path, leaf in leaves:
+        if skip is not None and skip(leaf):
+            continue
+        if is_array(leaf):
+            out[leaf_key(prefix + tuple(key_str(p) for p in path))] = leaf
+    return out
+
+
+def replace_leaves(obj: Any, prefix: tuple, subst: Mapping[str, Any], skip: Callable[[Any], bool] | None = None) -> Any:
+    """A copy of pytree ``obj`` whose array leaves at keys in ``subst`` are replaced (same dtype and shape)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(obj, is_leaf=skip)
+    new = []
+    for path, leaf in leaves:
+        key = leaf_key(prefix + tuple(key_str(p) for p in path))
+        if key in subst and is_array(leaf) and not (skip is not None and skip(leaf)):
+            new.append(jnp.asarray(subst[key], dtype=leaf.dtype).reshape(leaf.shape))
+        else:
+            new.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def add_param(out: dict, tokens: dict | None, owner: str, name: str, value: Any) -> None:
+    """Store ``value`` as parameter ``name`` of module ``owner`` on the host, and in ``tokens``
+    its :class:`~xfdiff.trace.ParamToken` when it is a JAX array (immutable: the object is the
+    identity of its values)."""
+    out.setdefault(owner, {})[name] = np.asarray(value)
+    if tokens is not None and isinstance(value, jax.Array):
+        tokens.setdefault(owner, {})[name] = ParamToken(("jax", id(value)), value)
+
+
+def to_jax_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
+    """Turn a dict / tuple / single array of numpy, torch or JAX arrays into (args, kwargs) of JAX arrays.
+
+    Values that are not arrays (flags, strings, None) are passed through.
+    """
+
+    def conv(v: Any) -> Any:
+        if type(v).__module__.startswith("torch"):
+            from ._torch import to_numpy
+
+            return jnp.asarray(to_numpy(v))
+        if isinstance(v, np.ndarray):
+            return jnp.asarray(v)
+        return v
+
+    if isinstance(inputs, Mapping):
+        return (), {k: conv(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(conv(v) for v in inputs), {}
+    if isinstance(inputs, (np.ndarray, jax.Array)) or type(inputs).__module__.startswith("torch"):
+        return (conv(inputs),), {}
+    raise InputError(
+        f"{name} must be a dict (keyword arguments), a tuple (positional arguments) or one array; "
+        f"got {type(inputs).__name__}."
+    )
+
+
+def shape_placeholder(shape: tuple, dtype: Any) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that takes no memory.
+
+    Floats are NaN, so a placeholder never passes for real values.
+    """
+    dtype = np.dtype(dtype)
+    fill = np.nan if dtype.kind in "fc" or dtype.name == "bfloat16" else 0
+    return np.broadcast_to(np.array(fill, dtype=dtype), tuple(shape))
+
+
+def to_host(v: Any) -> np.ndarray:
+    """A value returned from a run as numpy (a placeholder for a ``jax.ShapeDtypeStruct``)."""
+    if isinstance(v, jax.ShapeDtypeStruct):
+        return shape_placeholder(v.shape, v.dtype)
+    return np.asarray(v)

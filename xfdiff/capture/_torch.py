@@ -1,0 +1,33 @@
+"""Tensor <-> numpy conversions shared by every adapter that meets a PyTorch tensor.
+
+Imported only where a torch tensor is already at hand (the user imported torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Copy a tensor to numpy (bfloat16 becomes ml_dtypes.bfloat16)."""
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.to(torch.float32).cpu().numpy().astype(ml_dtypes.bfloat16)
+    return t.cpu().numpy().copy()
+
+
+def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
+    """A tensor holding a copy of ``a`` (bfloat16 kept), with ``like``'s dtype and device when given."""
+    a = np.asarray(a)
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a).copy())
+    if like is not None:
+        t = t.to(dtype=like.dtype, device=like.device)
+    return t
