@@ -15,7 +15,11 @@ realistic port mistake; with ``bug=False`` the port is correct.
   with ``nn.make_causal_mask``, ``nn.LayerNorm``; blocks in ``setup()`` style,
   the rest ``@nn.compact``) against a PyTorch LM built on
   ``torch.nn.MultiheadAttention`` (fused ``in_proj_weight``).
-  Bug: the decoder mask is not passed to the second block's attention.
+  Bug: the decoder mask is not passed to the second block's attention; or
+  (``bug="eps"``) one LayerNorm keeps flax's default epsilon 1e-6.
+- ``lm1b_builtin_pair``: the same linen decoder (exact GELU) against PyTorch's
+  own ``nn.TransformerEncoder`` (pre-LN, GELU applied inside the layer's code).
+  Bug: ``nn.gelu``'s tanh default in one block.
 - ``nnx_cnn_pair``: an NNX CNN in the style of the NNX docs (``nnx.Conv``,
   ``nnx.BatchNorm``, ``nnx.Dropout``, ``nnx.avg_pool`` via ``partial``, a
   ``nnx.Sequential`` head, ``model.eval()``) against a PyTorch CNN of two
@@ -26,6 +30,8 @@ realistic port mistake; with ``bug=False`` the port is correct.
   ``jax.nn.gelu``), values marked with ``xfdiff.tap`` at the port's own
   names, against a PyTorch GPT whose modules are named otherwise.
   Bug: ``jax.nn.gelu``'s default tanh approximation in one block.
+  ``picogpt_values_pair`` marks the same function with value taps only
+  (``tap(name, value)``, names unrelated to the parameter tree).
 - ``vit_pair``: a linen ViT (patch embedding as a strided ``nn.Conv``, class
   token and position embedding as params, separate ``query``/``key``/``value``
   Dense layers) against a timm-like PyTorch ViT (``blocks.0.attn.qkv`` fused).
@@ -33,6 +39,13 @@ realistic port mistake; with ``bug=False`` the port is correct.
 - ``reverse_pair``: a linen reference (compact, auto names, ``nn.gelu`` which
   is the tanh approximation by default, ``LayerNorm`` eps 1e-6) and its
   PyTorch port. Bug: ``torch.nn.GELU()`` (exact erf) in one block of the port.
+- ``resnet_pair``: a ResNet in the style of Flax's imagenet example (``conv``/
+  ``norm`` passed as ``partial``s, module classes as fields, BatchNorm
+  ``batch_stats``, ``train`` flag) against a torchvision-style ResNet.
+  Bug: the example's default ``'SAME'`` padding in the strided 3x3 conv.
+- ``scanned_pair``: a linen stack run by ``nn.scan(nn.remat(Block))`` with
+  stacked parameters (maxtext / t5x style) against a torch ``ModuleList``.
+  Bug: ``nn.gelu``'s tanh default in the scanned block.
 
 Dimensions are tiny so the whole corpus runs in seconds on a CPU.
 """
@@ -207,13 +220,14 @@ class DecoderBlock(nn.Module):
     qkv_dim: int
     mlp_dim: int
     activation: Callable = nn.relu
+    mlp_norm_epsilon: float = 1e-5
 
     def setup(self):
         self.pre_attention_norm = nn.LayerNorm(epsilon=1e-5)
         self.self_attention = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, qkv_features=self.qkv_dim, deterministic=True
         )
-        self.pre_mlp_norm = nn.LayerNorm(epsilon=1e-5)
+        self.pre_mlp_norm = nn.LayerNorm(epsilon=self.mlp_norm_epsilon)
         self.mlp = MlpBlock(self.mlp_dim, self.qkv_dim, self.activation)
 
     def __call__(self, inputs, decoder_mask=None):
@@ -234,6 +248,7 @@ class Decoder(nn.Module):
     unmasked_layer: int = -1  # the bug: this block gets no decoder mask
     activation: Callable = nn.relu
     tanh_gelu_layer: int = -1  # the bug: nn.gelu's default (tanh) in this block
+    default_eps_layer: int = -1  # the bug: this block's pre-MLP LayerNorm keeps flax's default epsilon 1e-6
 
     @nn.compact
     def __call__(self, inputs):
@@ -243,7 +258,8 @@ class Decoder(nn.Module):
         for lyr in range(self.num_layers):
             mask = None if lyr == self.unmasked_layer else decoder_mask
             act = nn.gelu if lyr == self.tanh_gelu_layer else self.activation
-            y = DecoderBlock(self.num_heads, self.emb_dim, self.mlp_dim, act, name=f"decoderblock_{lyr}")(y, mask)
+            eps = 1e-6 if lyr == self.default_eps_layer else 1e-5
+            y = DecoderBlock(self.num_heads, self.emb_dim, self.mlp_dim, act, eps, name=f"decoderblock_{lyr}")(y, mask)
         y = nn.LayerNorm(epsilon=1e-5, name="decoder_norm")(y)
         return nn.Dense(self.vocab_size, name="logitdense")(y)
 
@@ -305,11 +321,25 @@ def lm1b_params_from_torch(pt: TorchDecoderLM) -> dict:
     return {"params": p}
 
 
-def lm1b_pair(bug: bool = False, seed: int = 0):
-    """(torch LM, (Decoder, variables), int32 tokens)."""
+def lm1b_pair(bug: bool | str = False, seed: int = 0):
+    """(torch LM, (Decoder, variables), int32 tokens); ``bug="eps"``: flax's LayerNorm epsilon in block 1."""
     torch.manual_seed(seed)
     pt = _jitter(TorchDecoderLM(), seed)
-    port = Decoder(LM_VOCAB, LM_D, LM_HEADS, LM_MLP, LM_LAYERS, LM_LEN, unmasked_layer=1 if bug else -1)
+    with torch.no_grad():  # a trained LM's embeddings are small (GPT-2's: std ~0.1); norms then see small rows
+        pt.tok_embeddings.weight.mul_(0.05)
+        for layer in pt.layers:  # and a small residual stream: out projections of small norm
+            layer.self_attn.out_proj.weight.mul_(0.1)
+            layer.ff[2].weight.mul_(0.1)
+    port = Decoder(
+        LM_VOCAB,
+        LM_D,
+        LM_HEADS,
+        LM_MLP,
+        LM_LAYERS,
+        LM_LEN,
+        unmasked_layer=1 if bug is True else -1,
+        default_eps_layer=1 if bug == "eps" else -1,
+    )
     tokens = np.random.default_rng(seed).integers(0, LM_VOCAB, size=(2, LM_LEN)).astype(np.int32)
     return pt, (port, lm1b_params_from_torch(pt)), tokens
 
@@ -1034,3 +1064,165 @@ def resnet_pair(bug: bool = False, seed: int = 0):
         x,
         {"x": np.ascontiguousarray(x.transpose(0, 2, 3, 1)), "train": False},
     )
+
+
+# =============================================================================================
+# 8. A scanned, rematerialised linen layer stack (maxtext / t5x style) vs a torch ModuleList
+# =============================================================================================
+
+SC_D, SC_LAYERS = 16, 3
+
+
+class ScanMlpBlock(nn.Module):
+    tanh_gelu: bool = False
+
+    @nn.compact
+    def __call__(self, carry, _):
+        y = nn.LayerNorm(epsilon=1e-5)(carry)
+        y = nn.Dense(2 * SC_D)(y)
+        y = nn.gelu(y, approximate=self.tanh_gelu)
+        y = nn.Dense(SC_D)(y)
+        return carry + y, None
+
+
+class ScannedMlp(nn.Module):
+    tanh_gelu: bool = False  # the bug: nn.gelu's default (tanh) in every layer
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(SC_D, name="embed")(x)
+        stack = nn.scan(
+            nn.remat(ScanMlpBlock),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=SC_LAYERS,
+        )
+        x, _ = stack(self.tanh_gelu, name="layers")(x, None)
+        return nn.Dense(3, name="head")(nn.LayerNorm(epsilon=1e-5, name="norm")(x))
+
+
+class TorchMlpBlock(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(SC_D)
+        self.fc1 = torch.nn.Linear(SC_D, 2 * SC_D)
+        self.act = torch.nn.GELU()
+        self.fc2 = torch.nn.Linear(2 * SC_D, SC_D)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class TorchMlpStack(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(6, SC_D)
+        self.layers = torch.nn.ModuleList([TorchMlpBlock() for _ in range(SC_LAYERS)])
+        self.norm = torch.nn.LayerNorm(SC_D)
+        self.head = torch.nn.Linear(SC_D, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(self.norm(x))
+
+
+def scanned_params_from_torch(pt: TorchMlpStack) -> dict:
+    dense = lambda m: {"kernel": _np(m.weight).T.copy(), "bias": _np(m.bias)}  # noqa: E731
+    norm = lambda m: {"scale": _np(m.weight), "bias": _np(m.bias)}  # noqa: E731
+    stacked = lambda f: np.stack([f(i) for i in range(SC_LAYERS)])  # noqa: E731
+    blocks = pt.layers
+    return {
+        "params": {
+            "embed": dense(pt.embed),
+            "layers": {
+                "LayerNorm_0": {
+                    "scale": stacked(lambda i: _np(blocks[i].norm.weight)),
+                    "bias": stacked(lambda i: _np(blocks[i].norm.bias)),
+                },
+                "Dense_0": {
+                    "kernel": stacked(lambda i: _np(blocks[i].fc1.weight).T),
+                    "bias": stacked(lambda i: _np(blocks[i].fc1.bias)),
+                },
+                "Dense_1": {
+                    "kernel": stacked(lambda i: _np(blocks[i].fc2.weight).T),
+                    "bias": stacked(lambda i: _np(blocks[i].fc2.bias)),
+                },
+            },
+            "norm": norm(pt.norm),
+            "head": dense(pt.head),
+        }
+    }
+
+
+def scanned_pair(bug: bool = False, seed: int = 0):
+    """(torch ModuleList stack, (ScannedMlp, variables), inputs)."""
+    torch.manual_seed(seed)
+    pt = _jitter(TorchMlpStack(), seed)
+    x = np.random.default_rng(seed).standard_normal((4, 5, 6)).astype(np.float32)
+    return pt, (ScannedMlp(tanh_gelu=bug), scanned_params_from_torch(pt)), x
+
+
+# =============================================================================================
+# 9. One block applied several times (ALBERT / universal-transformer style) in both frameworks
+# =============================================================================================
+
+SHARED_STEPS = 3
+
+
+class TorchSharedStack(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(6, SC_D)
+        self.block = TorchMlpBlock()
+        self.norm = torch.nn.LayerNorm(SC_D)
+        self.head = torch.nn.Linear(SC_D, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for _ in range(SHARED_STEPS):
+            x = self.block(x)
+        return self.head(self.norm(x))
+
+
+class SharedBlock(nn.Module):
+    tanh_gelu: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(epsilon=1e-5)(x)
+        y = nn.Dense(2 * SC_D)(y)
+        y = nn.gelu(y, approximate=self.tanh_gelu)
+        return x + nn.Dense(SC_D)(y)
+
+
+class SharedStack(nn.Module):
+    tanh_gelu: bool = False  # the bug: nn.gelu's default (tanh) in the shared block
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(SC_D)(x)
+        block = SharedBlock(self.tanh_gelu, name="shared")
+        for _ in range(SHARED_STEPS):
+            x = block(x)
+        return nn.Dense(3)(nn.LayerNorm(epsilon=1e-5)(x))
+
+
+def shared_pair(bug: bool = False, seed: int = 0):
+    """(torch stack reusing one block, (SharedStack, variables), inputs)."""
+    torch.manual_seed(seed)
+    pt = _jitter(TorchSharedStack(), seed)
+    dense = lambda m: {"kernel": _np(m.weight).T.copy(), "bias": _np(m.bias)}  # noqa: E731
+    norm = lambda m: {"scale": _np(m.weight), "bias": _np(m.bias)}  # noqa: E731
+    b = pt.block
+    variables = {
+        "params": {
+            "Dense_0": dense(pt.embed),
+            "shared": {"LayerNorm_0": norm(b.norm), "Dense_0": dense(b.fc1), "Dense_1": dense(b.fc2)},
+            "LayerNorm_0": norm(pt.norm),
+            "Dense_1": dense(pt.head),
+        }
+    }
+    x = np.random.default_rng(seed).standard_normal((4, 5, 6)).astype(np.float32)
+    return pt, (SharedStack(tanh_gelu=bug), variables), x
