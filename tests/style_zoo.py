@@ -465,28 +465,27 @@ GPT_VOCAB, GPT_D, GPT_HEADS, GPT_LAYERS, GPT_CTX = 40, 16, 2, 2, 10
 
 
 class TorchSelfAttention(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, d: int = GPT_D, heads: int = GPT_HEADS):
         super().__init__()
-        self.qkv = torch.nn.Linear(GPT_D, 3 * GPT_D)
-        self.out = torch.nn.Linear(GPT_D, GPT_D)
+        self.heads = heads
+        self.qkv = torch.nn.Linear(d, 3 * d)
+        self.out = torch.nn.Linear(d, d)
 
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=-1)
-        q, k, v = (z.view(b, t, GPT_HEADS, d // GPT_HEADS).transpose(1, 2) for z in (q, k, v))
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
 class TorchGPTBlock(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, d: int = GPT_D, heads: int = GPT_HEADS):
         super().__init__()
-        self.norm_attn = torch.nn.LayerNorm(GPT_D)
-        self.attention = TorchSelfAttention()
-        self.norm_ff = torch.nn.LayerNorm(GPT_D)
-        self.feed_forward = torch.nn.Sequential(
-            torch.nn.Linear(GPT_D, 4 * GPT_D), torch.nn.GELU(), torch.nn.Linear(4 * GPT_D, GPT_D)
-        )
+        self.norm_attn = torch.nn.LayerNorm(d)
+        self.attention = TorchSelfAttention(d, heads)
+        self.norm_ff = torch.nn.LayerNorm(d)
+        self.feed_forward = torch.nn.Sequential(torch.nn.Linear(d, 4 * d), torch.nn.GELU(), torch.nn.Linear(4 * d, d))
 
     def forward(self, x):
         x = x + self.attention(self.norm_attn(x))
@@ -496,12 +495,12 @@ class TorchGPTBlock(torch.nn.Module):
 class TorchGPT(torch.nn.Module):
     """Tied output projection (the token embedding's transpose), as GPT-2."""
 
-    def __init__(self):
+    def __init__(self, d=GPT_D, heads=GPT_HEADS, layers=GPT_LAYERS, vocab=GPT_VOCAB, ctx=GPT_CTX):
         super().__init__()
-        self.token_embedding = torch.nn.Embedding(GPT_VOCAB, GPT_D)
-        self.position_embedding = torch.nn.Embedding(GPT_CTX, GPT_D)
-        self.blocks = torch.nn.ModuleList([TorchGPTBlock() for _ in range(GPT_LAYERS)])
-        self.norm_out = torch.nn.LayerNorm(GPT_D)
+        self.token_embedding = torch.nn.Embedding(vocab, d)
+        self.position_embedding = torch.nn.Embedding(ctx, d)
+        self.blocks = torch.nn.ModuleList([TorchGPTBlock(d, heads) for _ in range(layers)])
+        self.norm_out = torch.nn.LayerNorm(d)
 
     def forward(self, idx):
         pos = torch.arange(idx.shape[1])
@@ -588,12 +587,14 @@ def picogpt_params_from_torch(pt: TorchGPT) -> dict:
     }
 
 
-def picogpt_pair(bug: bool = False, seed: int = 0):
-    """(torch GPT, (gpt2 function, params), int32 tokens)."""
+def picogpt_pair(bug: bool = False, seed: int = 0, **dims):
+    """(torch GPT, (gpt2 function, params), int32 tokens); ``dims``: d, heads, layers, vocab, ctx."""
     torch.manual_seed(seed)
-    pt = _jitter(TorchGPT(), seed)
-    fn = partial(gpt2, tanh_gelu_block=1) if bug else gpt2
-    ids = np.random.default_rng(seed).integers(0, GPT_VOCAB, size=(2, GPT_CTX)).astype(np.int32)
+    pt = _jitter(TorchGPT(**dims), seed)
+    heads = dims.get("heads", GPT_HEADS)
+    fn = partial(gpt2, n_head=heads, tanh_gelu_block=1 if bug else -1)
+    ids = np.random.default_rng(seed).integers(0, dims.get("vocab", GPT_VOCAB), size=(2, dims.get("ctx", GPT_CTX)))
+    ids = ids.astype(np.int32)
     return pt, (fn, picogpt_params_from_torch(pt)), ids
 
 

@@ -51,6 +51,9 @@ def _build(name: str, bug: bool):
     if name == "picogpt_step_taps":
         pt, port, ids = zoo.picogpt_pair(bug)
         return pt, port, ids, {}
+    if name == "picogpt_d256":
+        pt, port, ids = zoo.picogpt_pair(bug, d=256, heads=4, layers=4, vocab=512, ctx=64)
+        return pt, port, ids, {}
     if name == "picogpt_value_taps":
         pt, port, ids = zoo.picogpt_values_pair(bug)
         return pt, port, ids, {}
@@ -112,6 +115,13 @@ LINEN_SCAN = pytest.mark.xfail(
     "'uniq' list that run() returns; linen capture has no host-callback mode for lifted transforms as the NNX "
     "and tap captures do",
 )
+FP32_FLOOR = pytest.mark.xfail(
+    strict=True,
+    reason="false alarm on a correct port: first_divergence is (root), local max_abs 6.1e-05 / rel_l2 5.2e-07 "
+    "(cosine 1.0), from float32 rounding of the tied head x @ wte.T (256-term dot products, logits ~16) at "
+    "near-zero logits; every other row is ok. metrics.status_of judges each element against the fixed "
+    "float32 atol=rtol=1e-5 with no rounding floor (issue 11, item 3)",
+)
 TAP_EMBEDDINGS = pytest.mark.xfail(
     strict=True,
     reason="token_embedding / position_embedding unmatched: the port's params tree holds wte/wpe as bare arrays at "
@@ -132,12 +142,13 @@ PAIRS = [
     "shared_block_reused",
     "reverse_linen_reference",
 ]
+CLEAN_PAIRS = PAIRS + [pytest.param("picogpt_d256", marks=FP32_FLOOR)]
 
 
 # --- 1. a correct port is reported as matching ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize("name", CLEAN_PAIRS)
 def test_correct_port_matches(name):
     r = _report(name, False)
     assert r.first_divergence is None, r.summary()
