@@ -16,7 +16,8 @@ realistic port mistake; with ``bug=False`` the port is correct.
   the rest ``@nn.compact``) against a PyTorch LM built on
   ``torch.nn.MultiheadAttention`` (fused ``in_proj_weight``).
   Bug: the decoder mask is not passed to the second block's attention; or
-  (``bug="eps"``) one LayerNorm keeps flax's default epsilon 1e-6.
+  (``bug="eps"``) one LayerNorm keeps flax's default epsilon 1e-6. ``tied=True``:
+  logits through the embedding (``F.linear`` / ``embed.attend``).
 - ``lm1b_builtin_pair``: the same linen decoder (exact GELU) against PyTorch's
   own ``nn.TransformerEncoder`` (pre-LN, GELU applied inside the layer's code).
   Bug: ``nn.gelu``'s tanh default in one block.
@@ -25,6 +26,7 @@ realistic port mistake; with ``bug=False`` the port is correct.
   ``nnx.Sequential`` head, ``model.eval()``) against a PyTorch CNN of two
   ``nn.Sequential`` blocks with trained BatchNorm statistics.
   Bug: ``model.eval()`` forgotten (batch statistics and dropout active).
+  ``nnx_keras_eps_pair``: Keras' BatchNorm epsilon 1e-3 in the port, either direction.
 - ``picogpt_pair``: a function-style JAX GPT in the style of picoGPT (nested
   dicts with ``w``/``b``/``g`` leaves, pure functions, fused ``c_attn``,
   ``jax.nn.gelu``), values marked with ``xfdiff.tap`` at the port's own
@@ -172,13 +174,15 @@ class TorchDecoderLayer(torch.nn.Module):
 
 
 class TorchDecoderLM(torch.nn.Module):
-    def __init__(self):
+    """``tied``: the output projection is the token embedding (``F.linear``, no module of its own)."""
+
+    def __init__(self, tied: bool = False):
         super().__init__()
         self.tok_embeddings = torch.nn.Embedding(LM_VOCAB, LM_D)
         self.pos_embeddings = torch.nn.Parameter(torch.randn(1, LM_LEN, LM_D) * 0.02)
         self.layers = torch.nn.ModuleList([TorchDecoderLayer() for _ in range(LM_LAYERS)])
         self.final_norm = torch.nn.LayerNorm(LM_D)
-        self.logits = torch.nn.Linear(LM_D, LM_VOCAB)
+        self.logits = None if tied else torch.nn.Linear(LM_D, LM_VOCAB)
 
     def forward(self, tokens):
         t = tokens.shape[1]
@@ -186,6 +190,8 @@ class TorchDecoderLM(torch.nn.Module):
         x = self.tok_embeddings(tokens) + self.pos_embeddings[:, :t]
         for layer in self.layers:
             x = layer(x, causal)
+        if self.logits is None:
+            return F.linear(self.final_norm(x), self.tok_embeddings.weight)
         return self.logits(self.final_norm(x))
 
 
@@ -249,11 +255,13 @@ class Decoder(nn.Module):
     activation: Callable = nn.relu
     tanh_gelu_layer: int = -1  # the bug: nn.gelu's default (tanh) in this block
     default_eps_layer: int = -1  # the bug: this block's pre-MLP LayerNorm keeps flax's default epsilon 1e-6
+    logits_via_embedding: bool = False  # wmt/lm1b option: logits from embed.attend
 
     @nn.compact
     def __call__(self, inputs):
         decoder_mask = nn.make_causal_mask(inputs)
-        y = nn.Embed(num_embeddings=self.vocab_size, features=self.emb_dim, name="embed")(inputs)
+        embed = nn.Embed(num_embeddings=self.vocab_size, features=self.emb_dim, name="embed")
+        y = embed(inputs)
         y = AddPositionEmbs(self.max_len, name="posembed")(y)
         for lyr in range(self.num_layers):
             mask = None if lyr == self.unmasked_layer else decoder_mask
@@ -261,6 +269,8 @@ class Decoder(nn.Module):
             eps = 1e-6 if lyr == self.default_eps_layer else 1e-5
             y = DecoderBlock(self.num_heads, self.emb_dim, self.mlp_dim, act, eps, name=f"decoderblock_{lyr}")(y, mask)
         y = nn.LayerNorm(epsilon=1e-5, name="decoder_norm")(y)
+        if self.logits_via_embedding:
+            return embed.attend(y)
         return nn.Dense(self.vocab_size, name="logitdense")(y)
 
 
@@ -294,8 +304,9 @@ def lm1b_params_from_torch(pt: TorchDecoderLM) -> dict:
         "embed": {"embedding": _np(pt.tok_embeddings.weight)},
         "posembed": {"pos_embedding": _np(pt.pos_embeddings)},
         "decoder_norm": norm(pt.final_norm),
-        "logitdense": dense(pt.logits),
     }
+    if getattr(pt, "logits", None) is not None:
+        p["logitdense"] = dense(pt.logits)
     layers = pt.layers if hasattr(pt, "layers") else pt.encoder.layers
     for i, layer in enumerate(layers):
         a = layer.self_attn
@@ -321,10 +332,13 @@ def lm1b_params_from_torch(pt: TorchDecoderLM) -> dict:
     return {"params": p}
 
 
-def lm1b_pair(bug: bool | str = False, seed: int = 0):
-    """(torch LM, (Decoder, variables), int32 tokens); ``bug="eps"``: flax's LayerNorm epsilon in block 1."""
+def lm1b_pair(bug: bool | str = False, seed: int = 0, tied: bool = False):
+    """(torch LM, (Decoder, variables), int32 tokens); ``bug="eps"``: flax's LayerNorm epsilon in block 1.
+
+    ``tied``: logits through the token embedding on both sides (``embed.attend`` in the port).
+    """
     torch.manual_seed(seed)
-    pt = _jitter(TorchDecoderLM(), seed)
+    pt = _jitter(TorchDecoderLM(tied), seed)
     with torch.no_grad():  # a trained LM's embeddings are small (GPT-2's: std ~0.1); norms then see small rows
         pt.tok_embeddings.weight.mul_(0.05)
         for layer in pt.layers:  # and a small residual stream: out projections of small norm
@@ -339,6 +353,7 @@ def lm1b_pair(bug: bool | str = False, seed: int = 0):
         LM_LEN,
         unmasked_layer=1 if bug is True else -1,
         default_eps_layer=1 if bug == "eps" else -1,
+        logits_via_embedding=tied,
     )
     tokens = np.random.default_rng(seed).integers(0, LM_VOCAB, size=(2, LM_LEN)).astype(np.int32)
     return pt, (port, lm1b_params_from_torch(pt)), tokens
@@ -455,6 +470,25 @@ def nnx_cnn_pair(bug: bool = False, seed: int = 0):
     net = trained_bn_net(seed)
     x = (np.random.default_rng(seed).standard_normal((4, 1, 12, 12)) * 2.0 + 0.5).astype(np.float32)
     return net, nnx_cnn_from_torch(net, bug), x, np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nnx_keras_eps_pair(port_side: str, seed: int = 0):
+    """(torch net, NNX model, NCHW, NHWC): the port's second BatchNorm uses Keras' epsilon 1e-3.
+
+    ``port_side`` is "flax" (the NNX model is the port) or "torch" (the torch net is the port of an
+    NNX reference). That BatchNorm's running variance is small, as late BatchNorms' often are, so the
+    epsilon matters.
+    """
+    net = trained_bn_net(seed)
+    with torch.no_grad():
+        net.features[6].running_var.mul_(0.01)
+    model = nnx_cnn_from_torch(net)
+    if port_side == "flax":
+        model.batch_norm2.epsilon = 1e-3
+    else:
+        net.features[6].eps = 1e-3
+    x = (np.random.default_rng(seed).standard_normal((4, 1, 12, 12)) * 2.0 + 0.5).astype(np.float32)
+    return net, model, x, np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 # =============================================================================================

@@ -36,6 +36,9 @@ def _build(name: str, bug: bool):
     if name == "lm1b_flax_default_eps":
         pt, port, ids = zoo.lm1b_pair("eps" if bug else False)
         return pt, port, ids, {}
+    if name == "lm1b_tied_attend":
+        pt, port, ids = zoo.lm1b_pair("eps" if bug else False, tied=True)
+        return pt, port, ids, {}
     if name == "linen_scan_remat_stack":
         pt, port, x = zoo.scanned_pair(bug)
         return pt, port, x, {}
@@ -132,6 +135,7 @@ TAP_EMBEDDINGS = pytest.mark.xfail(
 PAIRS = [
     "mnist_linen_cnn",
     "lm1b_linen_decoder",
+    "lm1b_tied_attend",
     "lm1b_vs_torch_transformer_encoder",
     "nnx_docs_cnn",
     "picogpt_step_taps",
@@ -163,6 +167,7 @@ def test_correct_port_matches(name):
 COVERAGE = [
     "mnist_linen_cnn",
     pytest.param("lm1b_linen_decoder", marks=FUSED_MHA),
+    pytest.param("lm1b_tied_attend", marks=FUSED_MHA),
     pytest.param("lm1b_vs_torch_transformer_encoder", marks=FUSED_MHA),
     "nnx_docs_cnn",
     pytest.param("picogpt_step_taps", marks=TAP_EMBEDDINGS),
@@ -193,6 +198,8 @@ BUGS = {
     "lm1b_linen_decoder": ({"layers.1.self_attn", "layers.1"}, None, None),
     # block 1's pre-MLP LayerNorm keeps flax's default epsilon 1e-6 (torch: 1e-5); small rows as after training
     "lm1b_flax_default_eps": ({"layers.1.norm2"}, "decoderblock.1.pre_mlp_norm", "norm_epsilon"),
+    # the same, in the LM whose logits come from the embedding (F.linear / embed.attend)
+    "lm1b_tied_attend": ({"layers.1.norm2"}, "decoderblock.1.pre_mlp_norm", "norm_epsilon"),
     # nn.gelu's tanh default in block 1 (TransformerEncoderLayer applies its activation in its own code)
     "lm1b_vs_torch_transformer_encoder": ({"encoder.layers.1"}, "decoderblock.1", "gelu_approximate"),
     # model.eval() forgotten: BatchNorm uses batch statistics (and dropout is on)
@@ -230,6 +237,18 @@ def test_planted_bug_is_found_at_the_right_module(name):
     if pitfall is not None:
         assert r.findings and r.findings[0].pitfall == pitfall, r.summary()
         assert r.findings[0].torch_path == fd.torch_path
+
+
+@pytest.mark.parametrize("port_side", ["flax", "torch"])
+def test_keras_batchnorm_epsilon_is_found_in_either_direction(port_side):
+    net, model, x, x_nhwc = zoo.nnx_keras_eps_pair(port_side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = xfdiff.compare(net, model, x, flax_inputs=x_nhwc, reference="torch" if port_side == "flax" else "flax")
+    fd = r.first_divergence
+    assert (fd.torch_path, fd.flax_path) == ("features.6", "batch_norm2"), r.summary()
+    assert [(f.pitfall, f.torch_path) for f in r.findings] == [("batchnorm_stats", "features.6")], r.summary()
+    assert r.findings[0].evidence["port_eps"] == pytest.approx(1e-3)
 
 
 def test_a_reused_block_is_compared_call_by_call():
