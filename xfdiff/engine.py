@@ -28,6 +28,10 @@ def _flax_side(flax_model: Any, inputs: Any, jit: bool):
         from .capture.from_linen import LinenSide
 
         return LinenSide(flax_model, inputs, jit=jit)
+    if _is_keras(flax_model):
+        from .capture.from_keras import KerasSide
+
+        return KerasSide(flax_model, inputs, jit=jit)
     if "flax" in sys.modules and _is_nnx(flax_model):
         from .capture.from_nnx import NnxSide
 
@@ -55,6 +59,12 @@ def _is_fn_pair(obj: Any) -> bool:
     return not any(c.__module__.startswith("flax") for c in type(obj[0]).__mro__)
 
 
+def _is_keras(obj: Any) -> bool:
+    from .capture.from_keras import accepts
+
+    return accepts(obj)
+
+
 def _is_nnx(obj: Any) -> bool:
     try:
         from flax import nnx
@@ -64,6 +74,12 @@ def _is_nnx(obj: Any) -> bool:
 
 
 def _torch_side(pt_model: Any, inputs: Any):
+    if _is_keras(pt_model):
+        raise ModelTypeError(
+            f"pt_model is a Keras model ({type(pt_model).__name__}). Pass the PyTorch model first and the "
+            "TensorFlow/Keras model second: xfdiff.compare(pt_model, keras_model, inputs); when the Keras "
+            "model is the reference, say so with reference='keras'."
+        )
     if not type(pt_model).__module__.startswith("torch") and "torch" not in sys.modules:
         raise ModelTypeError(
             f"pt_model must be a torch.nn.Module, got {type(pt_model).__name__}. "
@@ -123,8 +139,7 @@ def compare(
         ModelTypeError, InputError, CaptureError, AlignmentError, ConfigError
         (all :class:`XfdiffError`).
     """
-    if reference not in ("torch", "flax"):
-        raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
+    reference = _reference(reference, flax_model)
     if memory not in ("full", "bounded"):
         raise ConfigError(f"memory must be 'full' or 'bounded', got {memory!r}.")
     if memory == "bounded":
@@ -177,6 +192,23 @@ def compare(
         report.findings += _diagnose(ev, report)
     prog.done()
     return report
+
+
+_SECOND = ("flax", "keras", "tf", "tensorflow")
+
+
+def _reference(reference: str, second: Any) -> str:
+    """``"torch"`` or ``"flax"`` (the second argument): ``"keras"``/``"tf"`` name a Keras second model."""
+    if reference not in ("torch", *_SECOND):
+        raise ConfigError(
+            f"reference must be 'torch' or the second model's framework ('flax', 'keras' or 'tf'), got {reference!r}."
+        )
+    if reference in ("keras", "tf", "tensorflow") and not _is_keras(second):
+        raise ConfigError(
+            f"reference={reference!r} names a TensorFlow/Keras model, but the second argument is a "
+            f"{type(second).__name__}; use reference='flax' for a Flax/JAX model."
+        )
+    return "torch" if reference == "torch" else "flax"
 
 
 def _align(tt: Trace, tf: Trace, mapping: Any, torch_side: Any, flax_side: Any) -> Alignment:
