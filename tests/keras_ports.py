@@ -151,6 +151,44 @@ def run() -> dict:
     r = xfdiff.compare(bad, keras_block(block), x, reference="keras")
     out["reverse_ln_eps"] = summary(r)
     del torch
+    # Eager capture (jit=False) records the same calls and values as the traced one.
+    r = xfdiff.compare(block, keras_block(block, epsilon=1e-3), x, jit=False)
+    out["block_keras_ln_eps_eager"] = summary(r)
+    out["errors"] = errors(block, conv, x, img)
+    return out
+
+
+def errors(block, conv, x, img) -> dict:
+    """Bad input: each case's error class and message; and the model left unchanged after a failed forward."""
+    import keras
+
+    import xfdiff
+
+    out = {}
+
+    class Unbuilt(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = keras.layers.Dense(32)
+
+        def call(self, x):
+            return self.fc1(x)
+
+    port = keras_block(block)
+    cases = {
+        "never_built": lambda: xfdiff.compare(block, Unbuilt(), x),
+        "wrong_rank": lambda: xfdiff.compare(conv, keras_convnet(conv), img, flax_inputs=img[0]),
+        "keras_first": lambda: xfdiff.compare(port, block, x),
+        "forward_raises": lambda: xfdiff.compare(block, port, x, flax_inputs=x[..., :5]),
+        "bad_reference": lambda: xfdiff.compare(block, port, x, reference="jax"),
+    }
+    for name, fn in cases.items():
+        try:
+            fn()
+            out[name] = None
+        except Exception as e:
+            out[name] = [type(e).__name__, isinstance(e, xfdiff.XfdiffError), str(e)]
+    out["left_unchanged"] = not any("__call__" in vars(type(layer)) for layer in port._flatten_layers())
     return out
 
 
