@@ -155,6 +155,17 @@ def run() -> dict:
     r = xfdiff.compare(block, keras_block(block, epsilon=1e-3), x, jit=False)
     out["block_keras_ln_eps_eager"] = summary(r)
     out["errors"] = errors(block, conv, x, img)
+    # Settings read before any forward pass: reduced-precision dtype policy, XLA-compiled model.
+    port = keras_block(block)
+    port.compile(jit_compile=True)
+    out["jit_compile_findings"] = [f.pitfall for f in xfdiff.compare(block, port, x).findings]
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        port = keras_block(block)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    r = xfdiff.compare(block, port, x)
+    out["mixed_precision_findings"] = [f.pitfall for f in r.findings if f.confidence == "setting"]
     return out
 
 

@@ -86,5 +86,10 @@ def test_bad_input_errors(results):
     assert e["left_unchanged"]
 
 
+def test_keras_settings_reported(results):
+    assert results["jit_compile_findings"] == ["xla_jit_compile"]
+    assert "mixed_precision" in results["mixed_precision_findings"]
+
+
 def test_this_process_imports_no_tensorflow():
     assert "tensorflow" not in sys.modules and "keras" not in sys.modules

@@ -2,8 +2,8 @@
 
 Every adapter exposes a *side* object with::
 
-    side.name          # "torch" or "flax"
-    side.framework     # "torch", "linen", "nnx", "jax"
+    side.name          # "torch" or "flax" (the second argument's slot, Keras included)
+    side.framework     # "torch", "linen", "nnx", "jax", "keras" (Keras 3), "tf_keras"
     side.capture(substitute=None) -> Trace
 
 ``substitute`` maps ``(canonical_path, call_index)`` to ``{leaf_key: array}``;
