@@ -155,6 +155,8 @@ def run() -> dict:
     r = xfdiff.compare(block, keras_block(block, epsilon=1e-3), x, jit=False)
     out["block_keras_ln_eps_eager"] = summary(r)
     out["errors"] = errors(block, conv, x, img)
+    if keras.backend.backend() == "tensorflow":
+        out["tf_function_call"] = tf_function_call(block, x)
     # Settings read before any forward pass: reduced-precision dtype policy, XLA-compiled model.
     port = keras_block(block)
     port.compile(jit_compile=True)
@@ -166,6 +168,36 @@ def run() -> dict:
         keras.config.set_dtype_policy("float32")
     r = xfdiff.compare(block, port, x)
     out["mixed_precision_findings"] = [f.pitfall for f in r.findings if f.confidence == "setting"]
+    return out
+
+
+def tf_function_call(block, x) -> dict:
+    """A port whose own ``call`` is a ``tf.function``, already traced before xfdiff sees it."""
+    import keras
+    import tensorflow as tf
+
+    import xfdiff
+
+    class Block(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = keras.layers.Dense(32)
+            self.ln = keras.layers.LayerNormalization()  # Keras's default epsilon, 1e-3
+            self.fc2 = keras.layers.Dense(8)
+
+        @tf.function
+        def call(self, x):
+            return self.fc2(tf.nn.gelu(self.ln(self.fc1(x))))
+
+    m = Block()
+    m(np.zeros((1, 4, 8), np.float32))
+    m.fc1.set_weights([_np(block.fc1.weight).T, _np(block.fc1.bias)])
+    m.ln.set_weights([_np(block.ln.weight), _np(block.ln.bias)])
+    m.fc2.set_weights([_np(block.fc2.weight).T, _np(block.fc2.bias)])
+    m(x)  # its graph is cached now, traced without xfdiff
+    traced = vars(Block)["call"]
+    out = summary(xfdiff.compare(block, m, x))
+    out["left_unchanged"] = vars(Block)["call"] is traced and "__call__" not in vars(Block)
     return out
 
 

@@ -86,6 +86,16 @@ def test_bad_input_errors(results):
     assert e["left_unchanged"]
 
 
+def test_layer_call_that_is_a_tf_function(results):
+    if results["backend"] != "tensorflow":
+        pytest.skip("tf.function is TensorFlow's")
+    r = results["tf_function_call"]
+    assert r["mode"] == "tf.function" and r["first_divergence"] == "ln"
+    assert r["findings"][0][:2] == ["norm_epsilon", "ln"]
+    assert set(r["pairs"]) == {"", "fc1", "ln", "fc2"}  # the layers inside the cached graph are recorded
+    assert r["left_unchanged"]
+
+
 def test_keras_settings_reported(results):
     assert results["jit_compile_findings"] == ["xla_jit_compile"]
     assert "mixed_precision" in results["mixed_precision_findings"]

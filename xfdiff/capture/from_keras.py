@@ -535,6 +535,7 @@ def _wrapper(raw: Any):
 def patched(layers: list[Any]):
     """Wrap ``__call__`` of every layer class in ``layers``; undo on exit, also on error."""
     saved: dict[type, tuple[bool, Any]] = {}
+    graphs: dict[type, Any] = {}
     try:
         for layer in layers:
             cls = type(layer)
@@ -543,8 +544,17 @@ def patched(layers: list[Any]):
             raw = _resolve_call(cls)
             saved[cls] = ("__call__" in vars(cls), vars(cls).get("__call__"))
             cls.__call__ = _wrapper(raw)
+            owner = next((b for b in cls.__mro__ if "call" in vars(b)), None)
+            fn = vars(owner).get("call") if owner is not None else None
+            if owner not in graphs and hasattr(fn, "python_function"):
+                # `call` is a tf.function whose cached graph was traced without the wrappers:
+                # run its Python function for this capture (inlined in xfdiff's own trace).
+                graphs[owner] = fn
+                owner.call = fn.python_function
         yield
     finally:
+        for owner, fn in graphs.items():
+            owner.call = fn
         for cls, (had, orig) in saved.items():
             if had:
                 cls.__call__ = orig
