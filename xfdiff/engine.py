@@ -112,12 +112,14 @@ def compare(
         flax_model: a Hugging Face ``FlaxPreTrainedModel``, a ``(linen_module,
             variables)`` tuple, an ``nnx.Module``, or a JAX function whose
             intermediate values are marked with :func:`xfdiff.tap` (alone, or
-            as ``(fn, params)``: called ``fn(params, *inputs)``, see docs/reach.md).
+            as ``(fn, params)``: called ``fn(params, *inputs)``, see docs/reach.md),
+            or a Keras 3 / tf-keras model (Hugging Face ``TF*`` classes; see docs/keras.md).
         inputs: a dict (keyword arguments), a tuple (positional) or one
             array; numpy, torch or jax arrays.
         flax_inputs: inputs for the Flax side when the two take different
             arguments (defaults to ``inputs``).
-        reference: ``"torch"`` or ``"flax"``: the side errors are measured against.
+        reference: ``"torch"`` or ``"flax"``: the side errors are measured against
+            (``"keras"`` / ``"tf"`` when the second model is a TensorFlow/Keras one).
         tolerance: :class:`Tolerance`, a number (atol = rtol), or a dict.
         mapping: explicit pairs ``{torch_path: flax_path}`` (regex rules allowed,
             see :mod:`xfdiff.mapping`), or a path to a mapping file.
