@@ -223,12 +223,14 @@ def to_numpy(v: Any) -> np.ndarray:
     return np.array(v)
 
 
-def params_by_path(model: Any, paths: dict[int, tuple[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
+def params_by_path(
+    paths: dict[int, tuple[str, Any]], parts_out: list[str] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Float variables each layer owns directly, by canonical path and local name.
 
     A variable made under a name scope of its own inside its layer
     (``embeddings/position_embeddings/embeddings``) is placed at
-    ``<layer path>.<scope>``.
+    ``<layer path>.<scope>``; ``parts_out`` receives those paths.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
     for path, layer in paths.values():
@@ -247,6 +249,8 @@ def params_by_path(model: Any, paths: dict[int, tuple[str, Any]]) -> dict[str, d
                 scope = parts[parts.index(lname) + 1 : -1]
                 owner = canonical_path(tuple(x for x in (path, *scope) if x))
                 name = parts[-1]
+                if parts_out is not None and owner not in parts_out:
+                    parts_out.append(owner)
             elif name not in _STANDARD_PARAMS and parts and parts[-1] in _STANDARD_PARAMS:
                 name = parts[-1] if parts[-1] not in out.get(owner, {}) else name
             d = out.setdefault(owner, {})
@@ -672,11 +676,14 @@ class KerasSide:
                 ins, outs, raw = ({k: values[i] for k, i in d.items()} for d in (ins, outs, raw))
             r.inputs, r.outputs, r.raw_inputs = ins, outs, raw
             trace.records.append(r)
-        trace.params = params_by_path(self.model, paths)
+        weight_parts: list[str] = []
+        trace.params = params_by_path(paths, weight_parts)
         for p in trace.params:
             trace.module_types.setdefault(p, "?")
         trace.meta.update(_meta(self.model, self.framework, self.backend))
         trace.meta.update({"model": self.describe(), "jit": self.mode != "eager", "capture_mode": self.mode})
+        # paths of weights held as parts of a called layer (no calls of their own): align pairs them too
+        trace.meta["weight_parts"] = [p for p in weight_parts if p not in set(trace.paths())]
         return trace
 
 
