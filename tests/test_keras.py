@@ -7,10 +7,11 @@ imports neither TensorFlow nor Keras.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
-from tf_subprocess import run_script
+from tf_subprocess import ROOT, run_script
 
 BACKENDS = ("jax", "tensorflow")
 
@@ -101,5 +102,10 @@ def test_keras_settings_reported(results):
     assert "mixed_precision" in results["mixed_precision_findings"]
 
 
-def test_this_process_imports_no_tensorflow():
-    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+def test_test_modules_import_no_tensorflow():
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import test_keras, test_tf_hf; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
