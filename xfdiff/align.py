@@ -221,6 +221,15 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
     pa_paths = ta.paths()
     pb_paths = tb.paths()
     set_b = set(pb_paths)
+    # Weights a called module holds as parts of its own, named by the adapter (a Keras layer's
+    # variables made under a name scope of their own, e.g. Hugging Face TF embedding tables).
+    parts: dict[str, list[str]] = {}
+    for p in tb.meta.get("weight_parts", ()):
+        if p not in set_b and tb.params.get(p) and parent_path(p) in set_b:
+            parts.setdefault(parent_path(p), []).append(p)
+    if parts:  # each just before its module (a module completes after what it holds)
+        pb_paths = [q for p in pb_paths for q in (*parts.get(p, ()), p)]
+        set_b = set(pb_paths)
     if ROOT in pa_paths and ROOT in set_b:
         al.add(ROOT, ROOT, "root", 1.0)
     for a, b in (explicit or {}).items():

@@ -76,7 +76,7 @@ def compare(
         ModelTypeError, InputError, CaptureError, AlignmentError, ConfigError
         (all :class:`XfdiffError`).
     """
-    _check_options(reference, memory)
+    reference = _check_options(reference, memory, flax_model)
     tol = as_tolerance(tolerance)
     from .progress import Progress
 
@@ -125,11 +125,29 @@ class Sides(NamedTuple):
         return by_framework(self.reference, self.ref, self.port)
 
 
-def _check_options(reference: str, memory: str) -> None:
-    if reference not in ("torch", "flax"):
-        raise ConfigError(f"reference must be 'torch' or 'flax', got {reference!r}.")
+_SECOND = ("flax", "keras", "tf", "tensorflow")
+
+
+def _check_options(reference: str, memory: str, second: Any) -> str:
+    """Validate the options; returns the reference as ``"torch"`` or ``"flax"`` (the second argument's slot).
+
+    ``"keras"`` / ``"tf"`` / ``"tensorflow"`` name a TensorFlow/Keras second model.
+    """
+    if reference not in ("torch", *_SECOND):
+        raise ConfigError(
+            f"reference must be 'torch' or the second model's framework ('flax', 'keras' or 'tf'), got {reference!r}."
+        )
     if memory not in ("full", "bounded"):
         raise ConfigError(f"memory must be 'full' or 'bounded', got {memory!r}.")
+    if reference in ("keras", "tf", "tensorflow"):
+        from .capture.from_keras import accepts
+
+        if not accepts(second):
+            raise ConfigError(
+                f"reference={reference!r} names a TensorFlow/Keras model, but the second argument is a "
+                f"{type(second).__name__}; use reference='flax' for a Flax/JAX model."
+            )
+    return "torch" if reference == "torch" else "flax"
 
 
 def _sides(pt_model: Any, flax_model: Any, inputs: Any, flax_inputs: Any, jit: bool, reference: str) -> Sides:

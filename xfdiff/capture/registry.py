@@ -81,6 +81,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         "a Hugging Face FlaxPreTrainedModel, a (linen_module, variables) tuple",
     ),
     Adapter("nnx", "xfdiff.capture.from_nnx", ("flax",), (PORT,), "an nnx.Module"),
+    # accepts() itself checks that keras or tf_keras is loaded (either may hold the model)
+    Adapter("keras", "xfdiff.capture.from_keras", (), (PORT,), "a Keras 3 / tf-keras model (Hugging Face TF* classes)"),
     Adapter(
         "jaxfn",
         "xfdiff.capture.from_jaxfn",
@@ -120,9 +122,13 @@ def side_for(model: Any, inputs: Any, slot: str = PORT, *, jit: bool = True) -> 
             )
         kinds = [a.accepts_text for a in ADAPTERS if PORT in a.slots]
         raise ModelTypeError(f"Unsupported flax_model of type {kind}: pass {', '.join(kinds[:-1])}, or {kinds[-1]}.")
-    hint = (
-        f" It looks like the port ({other.name}): pass the PyTorch model first and the Flax model second."
-        if other is not None and other.name != "jaxfn"
-        else " Pass the PyTorch model itself (not its state_dict or a function)."
-    )
+    if other is not None and other.name == "keras":
+        hint = (
+            " It is a TensorFlow/Keras model: pass the PyTorch model first and the Keras model second, "
+            "xfdiff.compare(pt_model, keras_model, inputs), with reference='keras' when the Keras model is the reference."
+        )
+    elif other is not None and other.name != "jaxfn":
+        hint = f" It looks like the port ({other.name}): pass the PyTorch model first and the Flax model second."
+    else:
+        hint = " Pass the PyTorch model itself (not its state_dict or a function)."
     raise ModelTypeError(f"pt_model must be a torch.nn.Module, got {kind}.{hint}")

@@ -29,7 +29,7 @@ MAX_ROWS = 24  # rows diagnosed per comparison (first divergences first)
 # Importing the families fills the registry (order = evaluation order).
 from . import activations, attention, conv, dropout, embedding, linear, norms, precision  # noqa: E402,F401
 from .boundary import boundary_findings  # noqa: E402
-from .environment import ENV_IDS, environment_checks  # noqa: E402
+from .environment import ENV_IDS, TF_ENV_IDS, environment_checks  # noqa: E402
 
 BOUNDARY_ID = "boundary_shift"
 GLOBAL_IDS = ("x64_disabled", "dropout_active", "bf16_matmul", "tf32_matmul")  # one setting behind every layer
@@ -122,4 +122,4 @@ def _warn(msg: str) -> None:
     warnings.warn(f"xfdiff: {msg}", stacklevel=3)
 
 
-__all__ = ["REGISTRY", "Detector", "diagnose", "environment_checks", "pitfall_ids", "register"]
+__all__ = ["REGISTRY", "TF_ENV_IDS", "Detector", "diagnose", "environment_checks", "pitfall_ids", "register"]

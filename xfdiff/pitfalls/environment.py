@@ -3,7 +3,10 @@
 They read flags only and never change the models: torch modules left in
 training mode (active dropout, BatchNorm on batch statistics), JAX's default
 matmul precision on TPU (bf16 passes) or GPU (TF32), torch TF32 switches on
-CUDA, and a float64 torch reference while ``jax_enable_x64`` is off.
+CUDA, and a float64 torch reference while ``jax_enable_x64`` is off. For a
+TensorFlow/Keras model: TF32 on a visible GPU, a mixed-precision dtype policy,
+tf-keras's global learning phase left at 1 (training: dropout active), and a
+model compiled with ``jit_compile=True``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ from typing import Any
 
 from ..report import Finding
 
-ENV_IDS = ("dropout_active", "batchnorm_stats", "bf16_matmul", "tf32_matmul", "x64_disabled")
+ENV_IDS = (
+    "dropout_active",
+    "batchnorm_stats",
+    "bf16_matmul",
+    "tf32_matmul",
+    "x64_disabled",
+    "mixed_precision",
+    "xla_jit_compile",
+)
+TF_ENV_IDS = ("mixed_precision", "xla_jit_compile")  # settings of a TensorFlow/Keras model only
 CONFIDENCE = "setting"  # a setting that causes the pitfall, not yet seen in the numbers
 DROPOUT_ATTRS = ("dropout", "dropout_p", "attention_dropout", "attn_dropout", "dropout_prob")
 MAX_PATHS = 5
@@ -31,7 +43,7 @@ def environment_checks(pt_model: Any, flax_model: Any) -> list[Finding]:
         to differ.
     """
     out: list[Finding] = []
-    for check in (_torch_training, _jax_precision, _torch_tf32, _x64):
+    for check in (_torch_training, _jax_precision, _torch_tf32, _x64, _keras_settings):
         try:
             out += check(pt_model, flax_model)
         except Exception:  # a check that cannot read a flag says nothing
@@ -184,3 +196,78 @@ def _x64(pt_model: Any, _flax: Any) -> list[Finding]:
             "jax.config.update('jax_enable_x64', True)  # before creating any array",
         )
     ]
+
+
+def _keras_settings(_pt: Any, model: Any) -> list[Finding]:
+    """Settings of a TensorFlow/Keras model (the second argument) that change its numbers."""
+    from ..capture.from_keras import accepts, flavour
+
+    if not accepts(model):
+        return []
+    out = []
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and tf.config.list_physical_devices("GPU"):
+        if tf.config.experimental.tensor_float_32_execution_enabled():
+            out.append(
+                _finding(
+                    "tf32_matmul",
+                    None,
+                    "TensorFlow runs on GPU with TensorFloat-32 enabled (its default): float32 matmuls and "
+                    "convolutions round their operands to a 10-bit mantissa (relative error ~1e-3 per layer).",
+                    {"tensor_float_32_execution": True},
+                    "tf.config.experimental.enable_tensor_float_32_execution(False)",
+                )
+            )
+    policies = sorted({p for p in (_policy(x) for x in _layers(model)) if p and not p.startswith("float")})
+    if policies:
+        out.append(
+            _finding(
+                "mixed_precision",
+                None,
+                f"The Keras model computes in reduced precision (dtype policy {', '.join(policies)}): "
+                "its layers cast inputs and weights to float16/bfloat16, so expect errors of ~1e-3 relative.",
+                {"dtype_policies": policies},
+                "keras.mixed_precision.set_global_policy('float32') before building the model, or dtype='float32'",
+            )
+        )
+    if flavour(model) == "tf_keras":
+        import tf_keras
+
+        if tf_keras.backend.learning_phase() == 1:
+            out.append(
+                _finding(
+                    "dropout_active",
+                    None,
+                    "tf-keras's global learning phase is 1 (training): dropout layers are active and "
+                    "BatchNormalization uses batch statistics.",
+                    {"learning_phase": 1},
+                    "tf_keras.backend.set_learning_phase(0), or pass training=False",
+                )
+            )
+    jit = getattr(model, "_jit_compile", None)
+    if jit is True:
+        out.append(
+            _finding(
+                "xla_jit_compile",
+                None,
+                "The Keras model is compiled with jit_compile=True: predict()/fit() run it through XLA, which "
+                "fuses and reorders float operations (relative differences ~1e-6 against the eager forward that "
+                "xfdiff captures).",
+                {"jit_compile": True},
+                "model.compile(..., jit_compile=False) to reproduce the numbers xfdiff measured",
+            )
+        )
+    return out
+
+
+def _layers(model: Any) -> list[Any]:
+    try:
+        return [model, *model._flatten_layers(include_self=False, recursive=True)]
+    except Exception:
+        return [model]
+
+
+def _policy(layer: Any) -> str | None:
+    p = getattr(layer, "dtype_policy", None) or getattr(layer, "_dtype_policy", None)
+    name = getattr(p, "name", None)
+    return str(name) if name else None

@@ -336,7 +336,22 @@ def _bn_stats(x: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
     return xx.mean(axis=ax), var * n / (n - 1) if which == "batch_unbiased" else var
 
 
-@register("batchnorm", ids=("batchnorm_stats",), stage=1)
+def bn_eps_estimate(x: np.ndarray, y: np.ndarray, mean, var, w, b) -> float | None:
+    """The epsilon a channels-first BatchNorm output ``y`` was computed with, per-channel least squares."""
+    ax = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    xc = (f64(x) - f64(mean).reshape(shape)) * (1.0 if w is None else f64(w).reshape(shape))
+    yc = f64(y) - (0.0 if b is None else f64(b).reshape(shape))
+    den = np.sum(yc * xc, axis=ax)
+    ok = np.abs(den) > 1e-30
+    if not np.any(ok):
+        return None
+    s = np.sum(xc * xc, axis=ax)[ok] / den[ok]  # = sqrt(var + eps) per channel
+    est = float(np.median(s * s - f64(var)[ok]))
+    return est if est > 0 else None
+
+
+@register("batchnorm", ids=("batchnorm_stats", "norm_epsilon"), stage=1)
 def detect_batchnorm(site: Site):
     """Which statistics and epsilon each side's BatchNorm used (pitfalls.md P08)."""
     p = site.ref_params
@@ -371,8 +386,16 @@ def detect_batchnorm(site: Site):
             f"The port's BatchNorm normalises with {s_port.replace('_', ' ')} statistics where the reference uses "
             f"{s_ref} statistics."
         )
-    else:
-        msg = f"The port's BatchNorm uses epsilon {e_port:g} where the reference uses {e_ref:g}."
+    else:  # same statistics, another epsilon (Keras BatchNormalization defaults to 1e-3, torch to 1e-5)
+        est = bn_eps_estimate(x, site.y_port, *stats[s_ref], w, b)
+        ev["recovered_eps"] = est
+        got = f" (recovered from the data: {est:.2g})" if est else ""
+        msg = f"The port's BatchNorm uses epsilon {e_port:g} where the reference uses {e_ref:g}{got}."
+        fix = {
+            "flax": f"nn.BatchNorm(epsilon={e_ref:g}) / keras.layers.BatchNormalization(epsilon={e_ref:g})",
+            "torch": f"nn.BatchNorm2d(C, eps={e_ref:g})",
+        }
+        return site.finding("norm_epsilon", msg, ev, fix)
     use_ra = s_ref == "running"
     fix = {
         "flax": f"nn.BatchNorm(use_running_average={use_ra}, epsilon={e_ref:g})",

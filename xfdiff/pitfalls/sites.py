@@ -143,7 +143,8 @@ def torch_convention(params: dict[str, np.ndarray], side: str, module_type: str)
 
     Flax ``kernel`` (in, out) becomes ``weight`` (out, in); conv kernels
     ``(kH, kW, I, O)`` become ``(O, I, kH, kW)``; ``scale`` and ``embedding``
-    become ``weight``; ``batch_stats.mean/var`` become ``running_mean/var``.
+    become ``weight``; ``batch_stats.mean/var`` become ``running_mean/var``; Keras
+    ``gamma``/``beta``/``embeddings``/``moving_mean``/``moving_variance`` likewise.
     """
     if side == "torch":
         return dict(params)
@@ -157,11 +158,13 @@ def torch_convention(params: dict[str, np.ndarray], side: str, module_type: str)
                 out["weight"] = np.moveaxis(v, (-1, -2), (0, 1))
             else:
                 out["weight"] = v
-        elif k in ("scale", "embedding"):
+        elif k in ("scale", "embedding", "gamma", "embeddings"):  # gamma, embeddings: Keras
             out["weight"] = v
-        elif k == "batch_stats.mean":
+        elif k == "beta":
+            out["bias"] = v
+        elif k in ("batch_stats.mean", "moving_mean"):
             out["running_mean"] = v
-        elif k == "batch_stats.var":
+        elif k in ("batch_stats.var", "moving_variance"):
             out["running_var"] = v
         else:
             out[k] = v
