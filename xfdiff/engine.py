@@ -172,9 +172,11 @@ def compare(
         final=ev.final.layer if ev.final else None,
     )
     report.findings = list(env_findings)
+    _judge(ev, report, torch_side if reference == "torch" else None, prog)
     if diagnose:
         prog.step("diagnosing")
         report.findings += _diagnose(ev, report)
+    _settle(report)
     prog.done()
     return report
 
@@ -194,6 +196,21 @@ def _align(tt: Trace, tf: Trace, mapping: Any, torch_side: Any, flax_side: Any) 
             "reference weights, or pass mapping={torch_path: flax_path}."
         )
     return al
+
+
+def _judge(ev: Evidence, report: Report, torch_side: Any, prog: Any = None) -> None:
+    """Rounding floor, boundary notes and coverage (:mod:`xfdiff.verdict`), before diagnosis."""
+    from .verdict import judge
+
+    if prog is not None:
+        prog.step("judging against the rounding floor")
+    judge(ev, report, torch_side)
+
+
+def _settle(report: Report) -> None:
+    from .verdict import settle
+
+    settle(report)
 
 
 def _environment(pt_model, flax_model):

@@ -32,6 +32,7 @@ class Row:
     transform: Transform | None  # reference layout -> port layout
     port_local: CallRecord | None = None  # the port call under teacher forcing
     input_map: dict[str, str] = field(default_factory=dict)  # port input leaf -> ref input leaf
+    gap: tuple | None = None  # (child row, port input leaf) where this call's own code shows under forcing
 
 
 @dataclass

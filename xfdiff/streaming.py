@@ -342,9 +342,11 @@ def compare_bounded(
             final=ev.final.layer if ev.final else None,
             findings=list(env_findings),
         )
+        E._judge(ev, report, torch_side, prog)
         if diagnose:
             prog.step("diagnosing")
             report.findings += E._diagnose(ev, report)
+        E._settle(report)
     prog.done()
     return report
 
