@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .hf_pairs import SMALL, SPECS, _ids, _text, make_pair
+from hf_pairs import SMALL, SPECS, _ids, _text, make_pair
 
 BOUNDARY_SPECS = {
     "bert_mlm": lambda T: (
