@@ -56,6 +56,7 @@ STAGES = {
     "final output": ("xfdiff.engine", "_final_row"),
     "teacher forcing (incl. its capture)": ("xfdiff.engine", "localize"),
     "fused statistics (inside rows and teacher forcing)": ("xfdiff.fastmetrics", "compare_fast"),
+    "verdict (rounding floor, boundaries, coverage)": ("xfdiff.engine", "_judge"),
     "diagnose": ("xfdiff.engine", "_diagnose"),
     "environment checks": ("xfdiff.engine", "_environment"),
 }

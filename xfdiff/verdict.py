@@ -15,7 +15,12 @@ between teacher forcing and diagnosis and takes three things into account:
    outside the module, an extra leading axis, a parametrization module); it
    is never ``first_divergence`` and never a finding. A real bug whose effect
    reaches the output keeps its blame even when a boundary row precedes it.
-3. **Coverage**: the share of the reference's parameterised modules and of
+3. **Accumulated rounding**: when every layer's own (teacher-forced) error
+   is within tolerance or its floor, a final output outside the plain
+   tolerance is rounding accumulated over many layers: ``"match"``, and the
+   reason says so. Without teacher forcing (``local=False``) that cannot be
+   told apart from code outside the aligned modules: ``"inconclusive"``.
+4. **Coverage**: the share of the reference's parameterised modules and of
    its parameters that were compared. Below :data:`MIN_COVERAGE` (either
    share) a comparison that found no divergence is ``"inconclusive"`` (it
    cannot say "match" about code it did not see); a divergence found in the
@@ -48,7 +53,9 @@ def coverage(ev: Any) -> dict[str, Any]:
     n_par = int(sum(int(np.size(a)) for d in params.values() for a in d.values()))
     seen = [p for p in params if p in compared]
     c_par = int(sum(int(np.size(a)) for p in seen for a in params[p].values()))
-    missing = sorted((p for p in params if p not in compared), key=lambda p: -sum(np.size(a) for a in params[p].values()))
+    missing = sorted(
+        (p for p in params if p not in compared), key=lambda p: -sum(np.size(a) for a in params[p].values())
+    )
     return {
         "modules": len(seen) / n_mod if n_mod else 1.0,
         "parameters": c_par / n_par if n_par else 1.0,
@@ -114,12 +121,16 @@ def _why(ev: Any, row: Any) -> str:
         big, small = (ts, fs) if len(ts) > len(fs) else (fs, ts)
         if len(big) > len(small) and tuple(big[len(big) - len(small) :]) == tuple(small):
             side = "torch" if big is ts else "port"
-            return f"extra leading axis: the {side} side returns {tuple(big)}, the other {tuple(small)} (broadcast later)"
+            return (
+                f"extra leading axis: the {side} side returns {tuple(big)}, the other {tuple(small)} (broadcast later)"
+            )
     typ = f"{lyr.torch_type or ''} {lyr.flax_type or ''}".lower()
     if "parametriz" in typ or "weightnorm" in typ or "weight_norm" in typ:
         return "parametrization module: the weight is computed in a different module on the two sides"
     if lyr.status == "ok":
-        return "its own code compensates an earlier boundary difference (it differs only when fed the reference's values)"
+        return (
+            "its own code compensates an earlier boundary difference (it differs only when fed the reference's values)"
+        )
     pair = _pair(ev, row)
     if pair is not None:
         yr, yp = pair
@@ -224,10 +235,11 @@ def decide(report: Any) -> dict[str, str]:
         return {"verdict": "inconclusive", "reason": low}
     if final is not None and final.status != "ok":
         floored = [lyr for lyr in layers if lyr.floor is not None]
-        if floored:
+        if floored or any(lyr.local_status is not None for lyr in layers):
+            by_floor = f" ({len(floored)} judged by the floor)" if floored else ""
             return {
                 "verdict": "match",
-                "reason": f"every layer is within tolerance or its rounding floor ({len(floored)} judged by the floor); "
+                "reason": f"every layer's own error is within tolerance or its rounding floor{by_floor}; "
                 f"the final output's max_abs {final.max_abs:.2e} is accumulated rounding",
             }
         return {
@@ -238,7 +250,10 @@ def decide(report: Any) -> dict[str, str]:
     n_b = len(report.meta.get("boundaries") or [])
     extra = f"; {n_b} boundary difference(s) re-agree downstream" if n_b else ""
     share = f" ({100 * cov['modules']:.0f}% of parameterised modules compared)" if cov else ""
-    return {"verdict": "match", "reason": f"every compared layer is within tolerance or its rounding floor{share}{extra}"}
+    return {
+        "verdict": "match",
+        "reason": f"every compared layer is within tolerance or its rounding floor{share}{extra}",
+    }
 
 
 def _low_coverage(cov: dict | None) -> str | None:
