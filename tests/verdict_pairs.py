@@ -9,7 +9,6 @@ axis (Blenderbot's positional embeddings).
 from __future__ import annotations
 
 import numpy as np
-
 from hf_pairs import SMALL, SPECS, _ids, _text, make_pair
 
 BOUNDARY_SPECS = {
