@@ -151,3 +151,32 @@ def test_verdict_survives_save_and_old_files_get_one(tmp_path):
 
 def test_decide_without_rows_is_inconclusive():
     assert decide(xfdiff.Report())["verdict"] == "inconclusive"
+
+
+def _bf16_llama(bug: bool):
+    import jax
+    import jax.numpy as jnp
+    from hf_pairs import make_pair
+
+    pt, fx, inputs = make_pair("llama")
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.bfloat16), fx.params)
+    if bug:  # a square kernel loaded without its transpose
+        q = params["model"]["layers"]["0"]["self_attn"]["q_proj"]
+        q["kernel"] = q["kernel"].T
+    fx.params = params
+    return pt, fx, inputs
+
+
+def test_a_bf16_port_of_a_float32_model_matches_against_the_bf16_floor():
+    report = _compare(*_bf16_llama(False))
+    assert report.meta["floor"]["rows_measured"] > 0
+    assert report.verdict == "match", report.summary()
+    assert report.first_divergence is None
+
+
+def test_a_bug_in_a_bf16_port_is_still_found_at_its_module():
+    report = _compare(*_bf16_llama(True))
+    assert report.verdict == "diverged"
+    fd = report.first_divergence
+    assert fd.torch_path == "model.layers.0.self_attn.q_proj"
+    assert fd.floor_error > 2 * fd.floor

@@ -83,7 +83,9 @@ def measure(ev: Any, torch_side: Any, rows: list[Any]) -> dict[str, Any]:
         targets[(row.torch.path, row.torch.call_index)] = row
     if not targets:
         return out
-    results = _run_fp64(torch, torch_side, targets)
+    results = _run_fp64(torch, torch_side, targets, _port_params_dtype(ev))
+    if "error" in results:
+        out["error"] = str(results.pop("error"))[:300]
     for key, row in targets.items():
         res = results.get(key)
         lyr = row.layer
@@ -192,15 +194,34 @@ def _port_output(ev: Any, row: Any) -> np.ndarray | None:
     return np.asarray(rec.outputs[row.port_key])
 
 
-def _low_dtype(torch: Any, row: Any):
-    port_dtype = row.layer.flax_dtype
+def _low_dtype(torch: Any, row: Any, port_params_dtype: str | None):
+    """``(weight dtype, compute dtype)`` of a port in lower precision than the reference, or None.
+
+    A port whose outputs are bf16/fp16 computes in that dtype; a port whose
+    parameters are bf16/fp16 but whose outputs are float32 (weights stored low,
+    math promoted) rounds only the weights.
+    """
     ref_dtype = row.layer.torch_dtype
-    if port_dtype in _LOW and ref_dtype not in _LOW:
-        return torch.bfloat16 if port_dtype == "bfloat16" else torch.float16
+    if ref_dtype in _LOW:
+        return None
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    if row.layer.flax_dtype in _LOW:
+        return low[row.layer.flax_dtype], low[row.layer.flax_dtype]
+    if port_params_dtype in _LOW:
+        return low[port_params_dtype], torch.float32
     return None
 
 
-def _run_fp64(torch: Any, side: Any, targets: dict) -> dict[tuple[str, int], dict]:
+def _port_params_dtype(ev: Any) -> str | None:
+    """The lowest floating dtype among the port's parameters (None when all are float32 or wider)."""
+    names = {str(getattr(a, "dtype", "")) for d in ev.trace(ev.port).params.values() for a in d.values()}
+    for name in ("float16", "bfloat16"):
+        if name in names:
+            return name
+    return None
+
+
+def _run_fp64(torch: Any, side: Any, targets: dict, port_params_dtype: str | None = None) -> dict:
     """Re-run the reference with pre-hooks that evaluate float64 (and low-precision) copies of the targets."""
     from .capture.from_torch import flatten
     from .trace import canonical_path
@@ -218,9 +239,10 @@ def _run_fp64(torch: Any, side: Any, targets: dict) -> dict[tuple[str, int], dic
             continue
         try:  # copies are made before any hook exists: they carry none of ours
             copies[path] = copy.deepcopy(mod).double()
-            low = {_low_dtype(torch, r) for (p, _), r in targets.items() if p == path} - {None}
+            low = {_low_dtype(torch, r, port_params_dtype) for (p, _), r in targets.items() if p == path} - {None}
             if low:
-                lows[path] = (copy.deepcopy(mod).to(next(iter(low))), next(iter(low)))
+                w_dtype, c_dtype = next(iter(low))
+                lows[path] = (copy.deepcopy(mod).to(w_dtype).to(c_dtype), c_dtype)
         except Exception:  # an uncopyable module: its rows keep the plain tolerance
             copies.pop(path, None)
     child_log: dict[str, list] = {}
@@ -270,8 +292,8 @@ def _run_fp64(torch: Any, side: Any, targets: dict) -> dict[tuple[str, int], dic
                 handles.append(mod.register_forward_pre_hook(make_pre(path), with_kwargs=True))
         with torch.no_grad():
             side.model(*side.args, **side.kwargs)
-    except Exception:
-        pass  # the first capture ran this forward; a failure here only leaves rows unmeasured
+    except Exception as e:  # the first capture ran this forward; a failure here only leaves rows unmeasured
+        results["error"] = f"{type(e).__name__}: {e}"
     finally:
         for h in handles:
             h.remove()
@@ -289,7 +311,12 @@ def _call(torch: Any, mod: Any, args: tuple, kwargs: dict, dtype: Any) -> Any:
             return [cast(x) for x in v]
         if isinstance(v, dict):
             return {k: cast(x) for k, x in v.items()}
-        return v
+        if v is None or isinstance(v, (bool, int, float, str, torch.dtype, torch.device)):
+            return v
+        try:  # a cache or other mutable argument: the copy must not write into the reference's own
+            return copy.deepcopy(v)
+        except Exception:
+            return v
 
     with torch.no_grad():
         return mod(*cast(args), **cast(kwargs))
