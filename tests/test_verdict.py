@@ -180,3 +180,39 @@ def test_a_bug_in_a_bf16_port_is_still_found_at_its_module():
     fd = report.first_divergence
     assert fd.torch_path == "model.layers.0.self_attn.q_proj"
     assert fd.floor_error > 2 * fd.floor
+
+
+def test_an_epsilon_bug_in_a_d2048_model_is_still_found():
+    from hf_pairs import SPECS, _ids, _text, make_pair
+
+    SPECS.setdefault(
+        "llama_d2048",
+        lambda T: (
+            T.LlamaConfig,
+            T.LlamaForCausalLM,
+            T.FlaxLlamaForCausalLM,
+            dict(
+                vocab_size=128,
+                hidden_size=2048,
+                intermediate_size=256,
+                num_hidden_layers=1,
+                num_attention_heads=16,
+                num_key_value_heads=4,
+                max_position_embeddings=64,
+                rms_norm_eps=1e-6,
+            ),
+            _text(_ids(vocab=128, shape=(1, 16))),
+        ),
+    )
+    pt, fx, inputs = make_pair("llama_d2048")
+    clean = _compare(pt, fx, inputs)
+    assert clean.verdict == "match", clean.summary()
+    for m in pt.modules():  # the reference uses 1e-5, the port keeps 1e-6
+        if type(m).__name__ == "LlamaRMSNorm":
+            m.variance_epsilon = 1e-5
+    report = _compare(pt, fx, inputs)
+    assert report.verdict == "diverged"
+    assert report.first_divergence.torch_path == "model.layers.0.input_layernorm"
+    assert [(f.pitfall, f.torch_path) for f in _layer_findings(report)][:1] == [
+        ("norm_epsilon", "model.layers.0.input_layernorm")
+    ]

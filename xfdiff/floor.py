@@ -15,6 +15,10 @@ float16 port of a float32 model), the floor is that dtype's: the module is
 also run in the port's dtype and its error against float64 taken as the
 floor when larger.
 
+The floor is never less than one unit of rounding of the reference's dtype at
+the output's scale (``eps * rms(y)``): a module that upcasts to float32 in its
+own code makes its float64 copy no more exact than float32.
+
 The rule (inspired by the PyTorch compile accuracy checker's "RMSE against
 float64 at most twice the reference's, plus a tenth of the tolerance")::
 
@@ -133,7 +137,7 @@ def _judge_output(ev: Any, row: Any, y64: np.ndarray | None, ylow: np.ndarray | 
     port = row.transform.inverse(port)
     if port.shape != y64.shape:
         return None
-    floor = rmse(ref, y64)
+    floor = max(rmse(ref, y64), _unit(ref, y64))
     if ylow is not None and ylow.shape == y64.shape:
         floor = max(floor, rmse(ylow, y64))
     e_port = rmse(port, y64)
@@ -162,9 +166,24 @@ def _judge_gap(row: Any, child_inputs: list[dict[str, np.ndarray]]):
     if not cands or raw.shape != ref.shape:
         return None
     y64 = min(cands, key=lambda c: rmse(ref, c))
-    floor = rmse(ref, y64)
+    floor = max(rmse(ref, y64), _unit(ref, y64))
     e_port = rmse(raw, y64)
     return e_port, floor, within(e_port, floor, _atol(row)), f"gap at {child.layer.label}'s input"
+
+
+def _unit(ref: np.ndarray, y64: np.ndarray) -> float:
+    """One unit of rounding of the reference's dtype at the output's scale: ``eps * rms(y)``.
+
+    The least floor: a module that computes internally in float32 (an upcast
+    inside its own code) makes its "float64" copy no more exact than that.
+    """
+    try:
+        eps = float(np.finfo(np.dtype(ref.dtype.name if ref.dtype.name != "bfloat16" else "float32")).eps)
+    except (TypeError, ValueError):
+        eps = float(np.finfo(np.float32).eps)
+    if ref.dtype.name == "bfloat16":
+        eps = 2.0**-7
+    return eps * rmse(y64, np.zeros_like(y64))
 
 
 def _atol(row: Any) -> float:
