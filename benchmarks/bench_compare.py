@@ -55,6 +55,7 @@ STAGES = {
     "rows (stats + detail)": ("xfdiff.engine", "_plain_pass"),  # the final output's row included
     "teacher forcing (incl. its capture)": ("xfdiff.engine", "localize"),
     "statistics backends (rows, teacher forcing, fingerprints, layout checks)": ("xfdiff.stats.dispatch", "_first"),
+    "verdict (rounding floor, boundaries, coverage)": ("xfdiff.engine", "_judge"),
     "diagnose": ("xfdiff.engine", "_diagnose"),
     "environment checks": ("xfdiff.engine", "_environment"),
 }

@@ -31,7 +31,7 @@ def test_summary_exits_nonzero_when_the_port_diverges(demo_file, demo_report, ca
 
 def test_summary_exits_zero_when_everything_matches(matching_file, capsys):
     assert main(["summary", matching_file]) == EXIT_OK
-    assert "No divergence" in capsys.readouterr().out
+    assert "VERDICT: MATCH" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", [["summary"], ["html", "-o", "out.html"], ["serve"]])

@@ -124,7 +124,7 @@ def test_verdict_names_first_divergence_and_its_finding(demo_report):
 def test_verdict_without_divergence_says_so():
     ok = LayerDiff(torch_path="a", flax_path="a", max_abs=0.0, status="ok")
     v = T.verdict(Report(layers=[ok]))
-    assert v.level == "ok" and "No divergence" in v.headline
+    assert v.level == "ok" and "Match" in v.headline
 
 
 def test_filter_rows_by_status_search_and_own_error(demo_report):
@@ -336,7 +336,7 @@ def test_views_handle_empty_nonfinite_and_mismatched_rows(tmp_path):
     page = report_html(report)
     assert "NaN" not in page.split('id="xf-meta">')[1].split("</script>")[0]
     empty = json.dumps(xfdiff.dashboard.create_app(Report()).layout, cls=PlotlyJSONEncoder)
-    assert "No divergence" in empty and "No aligned layers" in empty
+    assert "Inconclusive" in empty and "No aligned layers" in empty
 
 
 def test_serve_refuses_a_busy_port_with_a_clear_error(demo_report):

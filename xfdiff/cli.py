@@ -1,8 +1,9 @@
 """The ``xfdiff`` command: ``demo``, ``serve``, ``html`` and ``summary``.
 
-Exit status: 0 on success (``summary``: the report matches), 1 when
-``summary`` finds a divergence (so CI can fail on it), 2 for bad usage or an
-unreadable report file. Errors are one line on stderr, never a traceback.
+Exit status: 0 on success (``summary``: the verdict is "match"), 1 when
+``summary``'s verdict is "diverged" (so CI can fail on it), 2 for bad usage or
+an unreadable report file, 3 when the verdict is "inconclusive" (too little of
+the model was compared, see ``Report.coverage``). Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from .errors import XfdiffError
 
-EXIT_OK, EXIT_DIVERGED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_DIVERGED, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     html.add_argument("-o", "--output", required=True, metavar="OUT", help="the HTML file to write")
     html.add_argument("--max-mb", type=float, default=6.0, help="size cap in MB (default 6)")
 
-    summary = sub.add_parser("summary", help="print the text summary; exit status 1 when the port diverges")
+    summary = sub.add_parser("summary", help="print the text summary; exit status 0 match, 1 diverged, 3 inconclusive")
     summary.add_argument("file", help="a saved report (.xfd)")
     summary.add_argument("--rows", type=int, default=12, help="how many diverged layers to list (default 12)")
     return parser
@@ -124,7 +125,7 @@ def _cmd_summary(args) -> int:
 
     report = load_report(args.file)
     print(report.summary(max_rows=args.rows))
-    return EXIT_DIVERGED if report.diverged else EXIT_OK
+    return {"match": EXIT_OK, "diverged": EXIT_DIVERGED}.get(report.verdict, EXIT_INCONCLUSIVE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from .rows import Match, call_pairs, make_row
 from .runs import CallQueue, open_store, port_run
 from .stats import Tolerance, as_tolerance
 from .trace import CallRecord, Trace
+from .verdict import judge, settle
 
 
 def compare(
@@ -101,9 +102,11 @@ def compare(
             assign_blame(ev.rows)
         report = _report(ev, sides, notes, local, store, run)
         report.findings = list(env_findings)
+        _judge(ev, report, sides.ref if reference == "torch" else None, prog)
         if diagnose:
             prog.step("diagnosing")
             report.findings += _diagnose(ev, report)
+        settle(report)
     prog.done()
     return report
 
@@ -234,6 +237,12 @@ def _report(ev: Evidence, sides: Sides, notes: list[str], local: bool, store: An
         meta=meta,
         final=ev.final.layer if ev.final else None,
     )
+
+
+def _judge(ev: Evidence, report: Report, torch_ref: Any, prog: Any) -> None:
+    """Rounding floor, boundary notes and coverage (:mod:`xfdiff.verdict`), before diagnosis."""
+    prog.step("judging against the rounding floor")
+    judge(ev, report, torch_ref)
 
 
 def _environment(pt_model, flax_model):

@@ -53,6 +53,7 @@ class Row:
     port_local: CallRecord | None = None  # the port call under teacher forcing
     # port input leaf -> (reference input leaf, transform): what teacher forcing feeds the port call
     inputs_from_ref: dict[str, tuple[str, Transform]] = field(default_factory=dict)
+    gap: tuple | None = None  # (child row, port input leaf) where this call's own code shows under forcing
 
     @property
     def input_map(self) -> dict[str, str]:

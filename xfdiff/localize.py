@@ -184,6 +184,7 @@ def _blame_gap(row: Row, s, pk: str, lrec: CallRecord, local_trace: Trace, port_
     gap_at = row.layer.order - 0.5
     if pl.blame_order is None or gap_at < pl.blame_order:
         pl.blame_order = gap_at
+        parent.gap = (row, pk)  # the rounding floor (xfdiff.floor) re-judges the gap at this input
         pl.note = _join(
             pl.note,
             (

@@ -32,6 +32,12 @@ class LayerDiff:
     on the layer's output as propagated through the whole model. ``local_*``
     measure the same layer when it is fed the reference's own inputs (teacher
     forcing): that is the error the layer's code adds by itself.
+
+    ``floor`` is what float rounding alone does to the layer's own step (the
+    reference's RMSE against a float64 recomputation, or the port dtype's when
+    lower); ``floor_error`` the port's own RMSE against the same float64
+    result. Both are None where the row was within the plain tolerance
+    (see :mod:`xfdiff.floor`).
     """
 
     torch_path: str | None
@@ -68,6 +74,8 @@ class LayerDiff:
     order: int = 0
     depth: int = 0
     note: str = ""
+    floor: float | None = None
+    floor_error: float | None = None
     detail: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     local_detail: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -149,8 +157,38 @@ class Report:
 
     # --- the answer ---------------------------------------------------------------
     @property
+    def verdict(self) -> str:
+        """``"match"``, ``"diverged"`` or ``"inconclusive"`` (see :mod:`xfdiff.verdict`)."""
+        return self._verdict()["verdict"]
+
+    @property
+    def verdict_reason(self) -> str:
+        """One line saying why :attr:`verdict` is what it is."""
+        return self._verdict()["reason"]
+
+    @property
+    def coverage(self) -> dict[str, Any]:
+        """Share of the reference's parameterised modules (``modules``) and parameters (``parameters``) compared."""
+        return dict(self.meta.get("coverage") or {})
+
+    @property
+    def boundaries(self) -> list[dict[str, Any]]:
+        """Boundary differences: rows that differ but agree again downstream (label, agrees_again_at, why)."""
+        return list(self.meta.get("boundaries") or [])
+
+    def _verdict(self) -> dict[str, str]:
+        v = self.meta.get("verdict")
+        if isinstance(v, dict) and v.get("verdict") in ("match", "diverged", "inconclusive"):
+            return {"verdict": v["verdict"], "reason": str(v.get("reason", ""))}
+        from .verdict import decide
+
+        return decide(self)
+
+    @property
     def first_divergence(self) -> LayerDiff | None:
-        """The earliest call whose own (local) error exceeds tolerance.
+        """The earliest call whose own (local) error exceeds tolerance and its rounding floor.
+
+        None unless :attr:`verdict` is ``"diverged"``.
 
         "Own" error includes the code of a module between its children: when
         a child's input is already off under teacher forcing while every
@@ -159,7 +197,7 @@ class Report:
         (their ``note`` says so).
         """
         blamed = [lyr for lyr in self.layers if lyr.blame_order is not None]
-        if blamed:
+        if blamed and self.verdict == "diverged":
             return min(blamed, key=lambda lyr: lyr.blame_order)
         return None
 
@@ -200,7 +238,7 @@ class Report:
     def __repr__(self) -> str:
         fd = self.first_divergence
         where = fd.label if fd else "none"
-        return f"<xfdiff.Report {len(self.layers)} layers, first divergence: {where}, {len(self.findings)} finding(s)>"
+        return f"<xfdiff.Report {self.verdict}, {len(self.layers)} layers, first divergence: {where}, {len(self.findings)} finding(s)>"
 
     def _repr_html_(self) -> str:
         """The notebook card: verdict, findings and an inline SVG depth plot (no plotly.js)."""

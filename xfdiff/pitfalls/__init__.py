@@ -60,7 +60,7 @@ def diagnose(ev: Any, report: Any) -> list[Finding]:
     rows = _candidate_rows(ev)
     if not rows:
         return []
-    if ev.final is not None and ev.final.layer.status == "ok":
+    if ev.final is not None and ev.final.layer.status == "ok" and not _judged(report):
         return boundary_findings(ev, rows)
     findings: list[Finding] = []
     for row in rows:
@@ -74,6 +74,11 @@ def diagnose(ev: Any, report: Any) -> list[Finding]:
             continue
         findings.append(f)
     return findings
+
+
+def _judged(report: Any) -> bool:
+    """True when :func:`xfdiff.verdict.judge` ran: boundary rows are notes there, never findings."""
+    return report is not None and "boundaries" in getattr(report, "meta", {})
 
 
 def _candidate_rows(ev: Any) -> list[Any]:

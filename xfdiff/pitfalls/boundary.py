@@ -34,9 +34,9 @@ def boundary_findings(ev: Any, rows: list[Any]) -> list[Finding]:
     first = rows[0]
     lyr = first.layer
     evidence: dict[str, Any] = {"final_rel_l2": _num(ev.final.layer.rel_l2), "n_rows_differing": len(rows)}
-    relation = _relation(ev, first)
-    if relation:
-        evidence.update(relation)
+    rel = relation(ev, first)
+    if rel:
+        evidence.update(rel)
     later = [
         r
         for r in ev.rows
@@ -45,9 +45,9 @@ def boundary_findings(ev: Any, rows: list[Any]) -> list[Finding]:
     if later:
         evidence["agrees_again_at"] = later[0].layer.label
     where = f", and the two sides agree again at {later[0].layer.label}" if later else ""
-    if relation:
+    if rel:
         msg = (
-            f"The final output agrees within tolerance but {lyr.label} differs ({relation['relation']}){where}: "
+            f"The final output agrees within tolerance but {lyr.label} differs ({rel['relation']}){where}: "
             "the port applies this on the other side of a module boundary, not a numerical bug."
         )
     else:
@@ -96,7 +96,7 @@ def _pair(ev: Any, row: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return f64(ref_rec.outputs[row.ref_key]), f64(row.transform.inverse(port_rec.outputs[row.port_key]))
 
 
-def _relation(ev: Any, row: Any) -> dict[str, Any] | None:
+def relation(ev: Any, row: Any) -> dict[str, Any] | None:
     pair = _pair(ev, row)
     if pair is None:
         return None

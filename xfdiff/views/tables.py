@@ -49,13 +49,9 @@ def verdict(report: Report) -> Verdict:
             f"by itself. {final_txt}".strip(),
             at_fd[0] if at_fd else None,
         )
-    if report.diverged:
-        return Verdict(
-            "outside",
-            "Outputs differ, but no aligned layer adds the error by itself",
-            f"The difference comes from code outside the aligned modules. {final_txt}".strip(),
-        )
-    return Verdict("ok", "No divergence: every aligned layer is within tolerance", final_txt)
+    if report.verdict != "match":
+        return Verdict("outside", "Inconclusive", f"{report.verdict_reason}. {final_txt}".strip())
+    return Verdict("ok", "Match", f"{report.verdict_reason}. {final_txt}".strip())
 
 
 def counts(report: Report) -> dict[str, int]:

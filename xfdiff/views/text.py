@@ -19,7 +19,7 @@ def fmt(x: float | None) -> str:
 
 def _row(lyr: LayerDiff) -> str:
     local = fmt(lyr.local_max_abs)
-    return f"  {lyr.status:<14} {fmt(lyr.max_abs):>9} {local:>9}  {lyr.label}"
+    return f"  {lyr.status:<14} {fmt(lyr.max_abs):>9} {local:>9} {fmt(lyr.floor):>9}  {lyr.label}"
 
 
 def summary_text(report: Report, max_rows: int = 12) -> str:
@@ -36,13 +36,17 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
     if report.final is not None:
         f = report.final
         lines.append(f"final output: {f.status}, max_abs {fmt(f.max_abs)}, rel_l2 {fmt(f.rel_l2)}")
+    lines.append(f"VERDICT: {report.verdict.upper()}: {report.verdict_reason}")
+    cov = report.coverage
+    if cov:
+        lines.append(
+            f"coverage: {cov.get('n_modules_compared', 0)} of {cov.get('n_modules', 0)} parameterised modules "
+            f"({100 * cov.get('modules', 0):.0f}%), {100 * cov.get('parameters', 0):.0f}% of parameters compared"
+        )
+    for b in report.boundaries:
+        lines.append(f"boundary: {b.get('label')} differs, agrees again at {b.get('agrees_again_at')} ({b.get('why')})")
     fd = report.first_divergence
-    if fd is None:
-        if report.diverged:
-            lines.append("No layer adds error on its own; the differences come from outside the aligned modules.")
-        else:
-            lines.append("No divergence: every aligned layer is within tolerance.")
-    else:
+    if fd is not None:
         lines.append("")
         lines.append(f"FIRST DIVERGENCE: {fd.label}  ({fd.torch_type or '?'} / {fd.flax_type or '?'})")
         lines.append(f"  torch: {fd.torch_path!s}   flax: {fd.flax_path!s}")
@@ -80,7 +84,7 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
     if bad:
         lines.append("")
         lines.append(
-            f"  {'status':<14} {'max_abs':>9} {'local':>9}  layer (first {min(max_rows, len(bad))} of {len(bad)})"
+            f"  {'status':<14} {'max_abs':>9} {'local':>9} {'floor':>9}  layer (first {min(max_rows, len(bad))} of {len(bad)})"
         )
         lines.extend(_row(lyr) for lyr in bad[:max_rows])
     um = report.unmatched
