@@ -175,6 +175,9 @@ def compare(
     if diagnose:
         prog.step("diagnosing")
         report.findings += _diagnose(ev, report)
+    from .splice import finish
+
+    finish(ev, torch_side if reference == "flax" else flax_side, report, splice=local and bool(ev.rows))
     prog.done()
     return report
 

@@ -25,7 +25,7 @@ from flax import linen as nn
 
 from ..errors import CaptureError, InputError, ModelTypeError
 from ..trace import CallRecord, ParamToken, Trace, canonical_path
-from . import Substitute, leaf_key
+from . import Substitute, is_output_leaf, leaf_key
 
 _SCALARS = (bool, int, float, str)
 # Errors raised while tracing a model that needs concrete values: run it eagerly instead.
@@ -360,7 +360,9 @@ class LinenSide:
                 path = canonical_path(parts, name)
                 idx = counters.get(path, 0)
                 counters[path] = idx + 1
-                keys = sub_keys.get((path, idx))
+                keys = sub_keys.get((path, idx), ())
+                out_keys = [k for k in keys if is_output_leaf(k)]
+                keys = [k for k in keys if k not in out_keys]
                 raw = {}
                 if keys:
                     own = {**flatten_arrays(tuple(a), ("args",)), **flatten_arrays(dict(kw), ("kwargs",))}
@@ -374,6 +376,8 @@ class LinenSide:
                     out = next_fun(*a, **kw)
                 finally:
                     stack.pop()
+                if out_keys:  # splicing: downstream code sees the given values
+                    out = replace_arrays(out, ("out",), {k: svals[f"{path}#{idx}#{k}"] for k in out_keys})
                 outs = flatten_arrays(out, ("out",)) if record_outputs else {}
                 where_from = None
                 if on_call is not None:
