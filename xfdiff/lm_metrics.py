@@ -109,3 +109,17 @@ def attach(ev: Any, report: Any) -> None:
     lyr.lm_kl_mean, lyr.lm_kl_max = m["kl_mean"], m["kl_max"]
     lyr.lm_top1, lyr.lm_top5, lyr.lm_near_ties = m["top1"], m["top5"], len(m["near_ties"])
     report.meta["lm"] = m
+
+
+def summary_line(report: Any) -> str | None:
+    """``language model: KL ..., top-1 ..., top-5 ...`` for the final output, or None."""
+    m = report.lm
+    if not m:
+        return None
+    ties = len(m.get("near_ties", []))
+    clear = len(m.get("disagreements", []))
+    tail = f", {clear} disagreement(s)" + (f", {ties} near tie(s) not counted as disagreements" if ties else "")
+    return (
+        f"language model ({m['positions']} positions, vocab {m['vocab']}): KL(ref||port) mean {m['kl_mean']:.2e} "
+        f"max {m['kl_max']:.2e}, top-1 agreement {m['top1']:.4f}, top-5 overlap {m['top5']:.4f}{tail}"
+    )

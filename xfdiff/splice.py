@@ -300,3 +300,42 @@ def finish(ev: Evidence, port_side: Any, report: Any, splice: bool = True) -> No
             raise
         except Exception as e:
             warnings.warn(f"xfdiff: splice/output metrics failed ({type(e).__name__}: {e})", stacklevel=3)
+
+
+# --- text --------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_lines(report: Any) -> list[str]:
+    """The splice confirmation in plain text (empty when no splice ran)."""
+    sp = report.splice
+    if not sp:
+        return []
+    from .textview import fmt
+
+    lines = ["", "SPLICE (the port re-run with one call's output replaced by the reference's)"]
+    by_label = {lyr.label: lyr for lyr in report.layers}
+    for label in sp.get("sites", []):
+        lyr = by_label.get(label)
+        if lyr is None:
+            continue
+        lines.append(
+            f"  {label}: final max error {fmt(sp.get('final_before'))} -> {fmt(lyr.splice_final_after)}, "
+            f"removes {_pct(lyr.splice_share)} of the final error"
+            + (f"; the suggested fix removes {_pct(lyr.fix_share)}" if lyr.fix_share is not None else "")
+        )
+    lines.append("  " + verdict_line(sp))
+    return lines
+
+
+def verdict_line(sp: dict) -> str:
+    """One sentence: whether fixing the first site suffices, or which set does."""
+    sites, chosen = sp.get("sites", []), sp.get("sufficient_set")
+    if sp.get("first_suffices"):
+        return f"fixing {sites[0]} alone brings the final output within tolerance"
+    if chosen:
+        return f"fixing the first is not enough; fixing {', '.join(chosen)} brings the final output within tolerance"
+    return "no set of these sites brings the final output within tolerance: error comes from elsewhere too"

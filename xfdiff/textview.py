@@ -33,6 +33,9 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
     if report.final is not None:
         f = report.final
         lines.append(f"final output: {f.status}, max_abs {fmt(f.max_abs)}, rel_l2 {fmt(f.rel_l2)}")
+        from .lm_metrics import summary_line
+
+        lines += [summary_line(report)] if summary_line(report) else []
     fd = report.first_divergence
     if fd is None:
         if report.diverged:
@@ -73,6 +76,11 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
                 lines.append("      evidence: " + ", ".join(facts))
             if f.fix:
                 lines.append(f"      fix: {f.fix}")
+            if f.splice_share is not None or f.fix_share is not None:
+                lines.append(f"      splice: {_shares(f)}")
+    from .splice import summary_lines
+
+    lines += summary_lines(report)
     bad = [lyr for lyr in report.layers if lyr.status != "ok"]
     if bad:
         lines.append("")
@@ -87,3 +95,8 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
         lines.append("")
         lines.append(f"unmatched modules: {n_t} torch-only, {n_f} flax-only (see Report.unmatched)")
     return "\n".join(lines)
+
+
+def _shares(f) -> str:
+    pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    return f"the reference's output here removes {pct(f.splice_share)} of the final error, the fix {pct(f.fix_share)}"
