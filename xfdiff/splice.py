@@ -339,3 +339,44 @@ def verdict_line(sp: dict) -> str:
     if chosen:
         return f"fixing the first is not enough; fixing {', '.join(chosen)} brings the final output within tolerance"
     return "no set of these sites brings the final output within tolerance: error comes from elsewhere too"
+
+
+def banner_text(report: Any) -> str:
+    """One or two sentences for a verdict banner: the first divergence's share, whether fixing it suffices."""
+    sp = report.splice
+    parts = []
+    fd = report.first_divergence
+    if sp and fd is not None and fd.splice_share is not None:
+        fix = f" (the suggested fix: {_pct(fd.fix_share)})" if fd.fix_share is not None else ""
+        parts.append(f"Replacing {fd.label}'s output with the reference's removes {_pct(fd.splice_share)}{fix}.")
+        line = verdict_line(sp)
+        parts.append(line[0].upper() + line[1:] + ".")
+    from .lm_metrics import summary_line
+
+    lm = summary_line(report)
+    if lm:
+        parts.append(lm[0].upper() + lm[1:] + ".")
+    return " ".join(parts)
+
+
+def layer_items(lyr: Any) -> list[tuple[str, str]]:
+    """(label, value) facts of a spliced row, for detail views."""
+    if lyr.splice_share is None:
+        return []
+    from .textview import fmt
+
+    val = f"{_pct(lyr.splice_share)} of the final error (final max |error| -> {fmt(lyr.splice_final_after)})"
+    out = [("splice: reference output here removes", val)]
+    if lyr.fix_share is not None:
+        out.append(("splice: the suggested fix removes", _pct(lyr.fix_share)))
+    return out
+
+
+def finding_items(f: Any) -> list[tuple[str, str]]:
+    """(key, value) shares of a finding, for evidence lists."""
+    out = []
+    if f.splice_share is not None:
+        out.append(("splice share", _pct(f.splice_share)))
+    if f.fix_share is not None:
+        out.append(("fix share", _pct(f.fix_share)))
+    return out

@@ -35,6 +35,9 @@ def verdict(report: Report) -> Verdict:
         if final is not None
         else ""
     )
+    from ..splice import banner_text
+
+    final_txt = f"{final_txt} {banner_text(report)}".strip()
     if fd is not None:
         own = fd.local_max_abs if fd.local_max_abs is not None else fd.max_abs
         kind = "own (teacher-forced)" if fd.local_max_abs is not None else "propagated"
@@ -173,7 +176,9 @@ def layer_facts(lyr: LayerDiff) -> list[tuple[str, str]]:
         facts.append(("non-finite elements (port)", str(lyr.n_nonfinite)))
     if lyr.note:
         facts.append(("note", lyr.note))
-    return facts
+    from ..splice import layer_items
+
+    return facts + layer_items(lyr)
 
 
 def _path(p: str | None) -> str:
@@ -230,7 +235,9 @@ def evidence_items(f: Finding) -> list[tuple[str, str]]:
         if isinstance(v, float):
             v = sci(v) if (abs(v) < 1e-3 or abs(v) >= 1e4) and v != 0 else f"{v:.6g}"
         out.append((str(k), str(v)))
-    return out
+    from ..splice import finding_items
+
+    return out + finding_items(f)
 
 
 def layer_by_order(report: Report, order: int | None) -> LayerDiff | None:
