@@ -293,13 +293,17 @@ def finish(ev: Evidence, port_side: Any, report: Any, splice: bool = True) -> No
     """
     from .lm_metrics import attach
 
-    for step in (lambda: attach(ev, report), lambda: confirm(ev, port_side, report) if splice else None):
-        try:
-            step()
-        except XfdiffError:
-            raise
-        except Exception as e:
-            warnings.warn(f"xfdiff: splice/output metrics failed ({type(e).__name__}: {e})", stacklevel=3)
+    try:
+        for step in (lambda: attach(ev, report), lambda: confirm(ev, port_side, report) if splice else None):
+            try:
+                step()
+            except XfdiffError:
+                raise
+            except Exception as e:
+                warnings.warn(f"xfdiff: splice/output metrics failed ({type(e).__name__}: {e})", stacklevel=3)
+    finally:
+        for f in report.findings:  # the recomputations hold the site's tensors: drop them with the evidence
+            f.__dict__.pop("_fixed", None)
 
 
 # --- text --------------------------------------------------------------------------------------
