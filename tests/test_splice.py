@@ -126,3 +126,17 @@ def test_old_reports_without_splice_fields_still_load(two_bugs, tmp_path):
     assert r.splice is None and r.layer("blocks.1.act").splice_share is None
     assert r.findings and r.findings[0].fix_share is None
     assert "SPLICE" not in r.summary()
+
+
+def test_nnx_port_is_spliced_too():
+    from reach_models import lm_pair
+
+    pt, port, ids = lm_pair(bugs={0: {"approximate": True}, 1: {"eps": 1e-2}})
+    r = xfdiff.compare(pt, port, ids)
+    assert r.meta["flax_framework"] == "nnx"
+    assert r.splice is not None and r.splice["sites"][:2] == ["blocks.0.mlp.act", "blocks.1.ln1"], r.summary()
+    act, ln = r.layer("blocks.0.mlp.act"), r.layer("blocks.1.ln1")
+    assert 0 < act.splice_share < 1 and 0 < ln.splice_share < 1
+    assert r.splice["sufficient_set"] is not None and {"blocks.0.mlp.act", "blocks.1.ln1"} <= set(
+        r.splice["sufficient_set"]
+    )
