@@ -51,7 +51,7 @@ def confirm(ev: Evidence, port_side: Any, report: Any) -> None:
     final = ev.final
     if final is None or final.ref_key is None or final.transform is None or final.layer.status == "ok":
         return
-    sites = _sites(ev, report)
+    sites, skipped = _sites(ev, report)
     if not sites:
         return
     t0 = time.perf_counter()
@@ -80,6 +80,7 @@ def confirm(ev: Evidence, port_side: Any, report: Any) -> None:
         "runs": runner.runs,
         "seconds": round(time.perf_counter() - t0, 4),
         "failed": runner.failed,
+        "not_spliced": skipped,
     }
 
 
@@ -99,8 +100,8 @@ def share(before: Err, after: Err | None) -> float | None:
 # --- which sites --------------------------------------------------------------------------------
 
 
-def _sites(ev: Evidence, report: Any) -> list[Row]:
-    """Rows with own error or a finding, outermost enclosing rows dropped, in blame order."""
+def _sites(ev: Evidence, report: Any) -> tuple[list[Row], int]:
+    """Rows with own error or a finding, enclosing rows dropped, in blame order; and how many were left out."""
     flagged = [r for r in ev.rows if r.layer.blame_order is not None and _spliceable(r)]
     for f in report.findings:
         row = _row_of(ev, f)
@@ -108,7 +109,7 @@ def _sites(ev: Evidence, report: Any) -> list[Row]:
             flagged.append(row)
     inner = [r for r in flagged if not any(o is not r and _encloses(ev, r, o) for o in flagged)]
     inner.sort(key=lambda r: r.layer.blame_order if r.layer.blame_order is not None else r.layer.order)
-    return inner[:MAX_SITES]
+    return inner[:MAX_SITES], max(0, len(inner) - MAX_SITES)
 
 
 def _spliceable(row: Row) -> bool:
