@@ -19,6 +19,7 @@ from .localize import assign_blame, localize
 from .report import Report
 from .rows import Match, call_pairs, make_row
 from .runs import CallQueue, open_store, port_run
+from .splice import finish
 from .stats import Tolerance, as_tolerance
 from .trace import CallRecord, Trace
 from .verdict import judge, settle
@@ -106,6 +107,7 @@ def compare(
         if diagnose:
             prog.step("diagnosing")
             report.findings += _diagnose(ev, report)
+        finish(ev, sides.port, report, splice=local and bool(ev.rows))
         settle(report)
     prog.done()
     return report
