@@ -68,7 +68,9 @@ def test_boundary_difference_has_a_share_of_about_zero():
     r = xfdiff.compare(pt, fx, x)
     fc1, ln = r.layer("blocks.0.fc1"), r.layer("blocks.3.ln")
     assert fc1.local_max_abs > 1e-2  # the bias is applied by the block, not the Dense
-    assert abs(fc1.splice_share) < 0.02 and "agree again" in fc1.note
+    # a boundary note, never a splice site of its own (or, spliced, a share of about zero)
+    assert fc1.splice_share is None or abs(fc1.splice_share) < 0.02
+    assert any(b.get("label") == "blocks.0.fc1" for b in r.boundaries)
     assert ln.splice_share > 0.99
     assert r.splice["sufficient_set"] == ["blocks.3.ln"]
 
