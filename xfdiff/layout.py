@@ -248,7 +248,8 @@ def _param_views(ref: np.ndarray) -> list[tuple[str, np.ndarray]]:
         views.append(("transpose", ref.T))
     if ref.ndim in _CONV:
         perm, name = _CONV[ref.ndim]
-        views.append((name, ref.transpose(perm)))
+        # A 1x1 2-D/3-D kernel is both a transpose and a kernel layout change: name it a kernel.
+        views.insert(1 if ref.ndim > 3 else 2, (name, ref.transpose(perm)))
     return views
 
 
