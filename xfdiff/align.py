@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import re
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 
 import numpy as np
 
+from .align_values import pair_by_values
 from .report import Unmatched
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
@@ -39,6 +40,8 @@ class Alignment:
     confidence: dict[str, float] = field(default_factory=dict)
     unmatched: list[Unmatched] = field(default_factory=list)
     offset: dict[str, int] = field(default_factory=dict)  # torch path -> first flax call index
+    # torch modules that are part of another (a weight-norm parametrization -> the layer it belongs to)
+    absorbed: dict[str, str] = field(default_factory=dict)
 
     def add(self, a: str, b: str, how: str, conf: float) -> None:
         self.pairs[a] = b
@@ -232,7 +235,8 @@ def _ancestors(path: str) -> list[str]:
 def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Alignment:
     """Pair the called modules of ``ta`` (torch side) with those of ``tb`` (flax side)."""
     al = Alignment()
-    pa_paths = ta.paths()
+    ta, al.absorbed = fold_parametrizations(ta)
+    pa_paths = [p for p in ta.paths() if p not in al.absorbed]
     pb_paths = tb.paths()
     set_b = set(pb_paths)
     if ROOT in pa_paths and ROOT in set_b:
@@ -241,10 +245,43 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
         if a in set(pa_paths) and b in set_b:
             al.add(a, b, "mapping", 1.0)
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
+    pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
     _list_unmatched(ta, tb, pa_paths, pb_paths, al)
     return al
+
+
+def parametrization_owner(path: str) -> str | None:
+    """The module a PyTorch parametrization belongs to (``conv.parametrizations.weight.0`` -> ``conv``)."""
+    if path.startswith("parametrizations."):
+        return ROOT
+    head, sep, _ = path.partition(".parametrizations.")
+    return head if sep else None
+
+
+def fold_parametrizations(ta: Trace) -> tuple[Trace, dict[str, str]]:
+    """A view of ``ta`` in which each parametrization's parameters belong to the module that owns it.
+
+    ``weight_norm(conv)`` moves the weight into ``conv.parametrizations.weight``
+    (``original0`` = g, ``original1`` = v); a port keeps both in its conv
+    (``weight_g``, ``weight_v``). Folded, the conv is identified by all its
+    values, and the parametrization modules are pairs of nobody.
+    """
+    owners = {p: o for p in ta.paths() if (o := parametrization_owner(p)) is not None}
+    if not owners:
+        return ta, {}
+    params = {p: dict(v) for p, v in ta.params.items() if p not in owners}
+    tokens = {p: dict(v) for p, v in ta.param_tokens.items() if p not in owners}
+    for p, owner in owners.items():
+        local = p[len(owner) + 1 :] if owner else p
+        local = local.removeprefix("parametrizations.")
+        for name, v in ta.params.get(p, {}).items():
+            params.setdefault(owner, {})[f"{local}.{name}"] = v
+            tok = ta.param_tokens.get(p, {}).get(name)
+            if tok is not None:
+                tokens.setdefault(owner, {})[f"{local}.{name}"] = tok
+    return replace(ta, params=params, param_tokens=tokens), owners
 
 
 # Recent results of _pair_parametrised, keyed by everything they depend on (see _memo_key).

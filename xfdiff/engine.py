@@ -222,7 +222,7 @@ def _diagnose(ev: Evidence, report: Report):
 
 def _meta(tol, reference, ts, fs, tt: Trace, tf: Trace, al: Alignment, notes, local) -> dict:
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
-    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and p in al.pairs)
+    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and al.absorbed.get(p, p) in al.pairs)
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
         "reference": reference,
