@@ -20,20 +20,22 @@ def _coverage(report) -> float:
     return report.meta["n_param_modules_aligned"] / report.meta["n_param_modules_torch"]
 
 
-@pytest.fixture(scope="module")
-def seq2seq():
+@functools.cache
+def _seq2seq():
     pt = reference()
     return pt, port_params(pt), inputs()
 
 
-def _compare(seq2seq, fn, **bugs):
-    pt, params, (src, tgt) = seq2seq
-    return xfdiff.compare(pt, (functools.partial(fn, **bugs), params), (src, tgt), jit=False)
+@functools.cache
+def _report(fn, bug: tuple = ()):
+    """One comparison per port and bug, shared by the tests (value taps have no local error to measure)."""
+    pt, params, (src, tgt) = _seq2seq()
+    return xfdiff.compare(pt, (functools.partial(fn, **dict(bug)), params), (src, tgt), local=False)
 
 
 @pytest.mark.parametrize("fn", [paper_forward, generated_forward])
-def test_tapped_port_without_parameters_is_aligned_by_values(seq2seq, fn):
-    r = _compare(seq2seq, fn)
+def test_tapped_port_without_parameters_is_aligned_by_values(fn):
+    r = _report(fn)
     assert _coverage(r) >= 0.9, [u.path for u in r.unmatched if u.has_params]
     assert r.first_divergence is None and not r.findings, r.summary()
     assert all(lyr.status == "ok" for lyr in r.layers)
@@ -41,31 +43,31 @@ def test_tapped_port_without_parameters_is_aligned_by_values(seq2seq, fn):
     assert q.match == "values (split_heads)" and q.layout == "split_heads"
 
 
-def test_value_pairs_follow_the_porters_names(seq2seq):
-    r = _compare(seq2seq, paper_forward)
+def test_value_pairs_follow_the_porters_names():
+    r = _report(paper_forward)
     assert r.layer("encoder.layers.0.fc1").flax_path == "encoder_layers.0.ff0"
     assert r.layer("decoder.layers.1.encoder_attn.k_proj").flax_path == "decoder_layers.1.xattn.k"
     # the layer's output equals its last norm's: the module with parameters takes the tap
     assert r.layer("encoder.layers.0.final_layer_norm").flax_path == "encoder_layers.0.ln1"
 
 
-def test_positions_broadcast_over_the_batch_are_a_layout_not_a_mismatch(seq2seq):
-    r = _compare(seq2seq, paper_forward)
+def test_positions_broadcast_over_the_batch_are_a_layout_not_a_mismatch():
+    r = _report(paper_forward)
     pos = r.layer("encoder.embed_positions")  # (S, H) in torch, (B, S, H) in the port
     assert pos.flax_path == "src_pos" and pos.layout == "broadcast" and pos.status == "ok"
 
 
 @pytest.mark.parametrize("fn", [paper_forward, generated_forward])
-def test_tanh_gelu_is_found_at_the_ffn_of_its_layer(seq2seq, fn):
-    r = _compare(seq2seq, fn, gelu_tanh_layer=1)
+def test_tanh_gelu_is_found_at_the_ffn_of_its_layer(fn):
+    r = _report(fn, (("gelu_tanh_layer", 1),))
     assert _coverage(r) >= 0.9
     assert r.first_divergence.torch_path == "encoder.layers.1.fc2"
     assert r.layer("encoder.layers.0.fc2").status == "ok"
 
 
 @pytest.mark.parametrize("fn", [paper_forward, generated_forward])
-def test_layers_after_a_large_bug_are_aligned_by_order_and_shape(seq2seq, fn):
-    r = _compare(seq2seq, fn, unscaled_layer=0)
+def test_layers_after_a_large_bug_are_aligned_by_order_and_shape(fn):
+    r = _report(fn, (("unscaled_layer", 0),))
     assert _coverage(r) >= 0.9
     assert r.first_divergence.torch_path == "encoder.layers.0.self_attn.out_proj"
     after = r.layer("encoder.layers.1.fc2")
@@ -75,11 +77,10 @@ def test_layers_after_a_large_bug_are_aligned_by_order_and_shape(seq2seq, fn):
 
 
 def test_ports_that_share_names_keep_their_parameter_pairs():
-    from reach_models import lm_params, randomize, tap_forward, token_ids
-    from reach_models import TorchLM
+    from reach_models import TorchLM, lm_params, randomize, tap_forward, token_ids
 
     pt = randomize(TorchLM())
-    r = xfdiff.compare(pt, (tap_forward, lm_params(pt)), token_ids(), jit=False)
+    r = xfdiff.compare(pt, (tap_forward, lm_params(pt)), token_ids(), local=False)
     assert not any(lyr.match.startswith(("values", "order+output")) for lyr in r.layers)
 
 
@@ -119,7 +120,11 @@ def test_weight_norm_parametrization_belongs_to_its_convolution():
     g, v = w.original0.detach().numpy(), w.original1.detach().numpy()
     variables = {
         "params": {
-            "conv": {"weight_v": v.transpose(2, 1, 0), "weight_g": g.reshape(-1), "bias": pt.conv.bias.detach().numpy()},
+            "conv": {
+                "weight_v": v.transpose(2, 1, 0),
+                "weight_g": g.reshape(-1),
+                "bias": pt.conv.bias.detach().numpy(),
+            },
             "proj": {"kernel": pt.proj.weight.detach().numpy().T, "bias": pt.proj.bias.detach().numpy()},
         }
     }

@@ -189,7 +189,9 @@ def _forward(params, src, tgt, generated=False, gelu_tanh_layer=-1, unscaled_lay
     x = _embed(tap, params["src"], src, "src")
     for i, p in enumerate(params["enc"]):
         n = f"encoder_layers.{i}"
-        x = tap(f"{n}.ln0", _norm(p["ln0"], x + _attention(tap, p["mha"], x, x, f"{n}.attn", scaled=i != unscaled_layer)))
+        x = tap(
+            f"{n}.ln0", _norm(p["ln0"], x + _attention(tap, p["mha"], x, x, f"{n}.attn", scaled=i != unscaled_layer))
+        )
         x = tap(f"{n}.ln1", _norm(p["ln1"], x + _ffn(tap, p["ff"], x, n, tanh=i == gelu_tanh_layer)))
     y = _embed(tap, params["tgt"], tgt, "tgt")
     for i, p in enumerate(params["dec"]):

@@ -245,6 +245,7 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
         if a in set(pa_paths) and b in set_b:
             al.add(a, b, "mapping", 1.0)
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
+    _pair_same_path(ta, tb, pa_paths, pb_paths, al)
     pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
@@ -393,6 +394,22 @@ def _pair_parametrised_now(ta: Trace, tb: Trace, A: list[str], B: list[str], al:
         used_b.add(b)
     _pair_by_order(ta, tb, A, B, al)
     _pair_tied(ta, tb, A, fa, fb, al)
+
+
+def _pair_same_path(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    """A module with parameters whose port of the same path holds none (a tied decoder applied
+    with the embedding's matrix, a kernel passed in): the path and output shape decide."""
+    from .layout import candidates
+
+    taken = set(al.pairs.values())
+    set_b = {b for b in pb_paths if b not in taken and not tb.params.get(b)}
+    for a in pa_paths:
+        if a in al.pairs or a not in set_b or not ta.params.get(a):
+            continue
+        sa, sb = _first_shape(ta, a), _first_shape(tb, a)
+        if sa is not None and sb is not None and candidates(sa, sb):
+            al.add(a, a, "name (port holds no parameters)", 0.6)
+            set_b.discard(a)
 
 
 def _pair_tied(ta: Trace, tb: Trace, A: list[str], fa: dict, fb: dict, al: Alignment) -> None:

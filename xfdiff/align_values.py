@@ -170,7 +170,9 @@ def _fill_by_order(ta, tb, A, B, dist, seg_a, seg_b, al) -> None:
     anchor_b = [-1] + sorted(pos_b[b] for b in rev if b in pos_b) + [len(B)]
     if len(anchor_a) != len(anchor_b):
         return
-    for (a0, a1), (b0, b1) in zip(zip(anchor_a, anchor_a[1:]), zip(anchor_b, anchor_b[1:]), strict=True):
+    gaps_a = list(zip(anchor_a[:-1], anchor_a[1:], strict=True))
+    gaps_b = list(zip(anchor_b[:-1], anchor_b[1:], strict=True))
+    for (a0, a1), (b0, b1) in zip(gaps_a, gaps_b, strict=True):
         ia, jb = list(range(a0 + 1, a1)), list(range(b0 + 1, b1))
         if not ia or not jb:
             continue
