@@ -7,9 +7,9 @@ The same pairs and facts as tests/test_hf_sweep.py (tests/hf_sweep.py builds the
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -86,9 +86,14 @@ def render(facts: list[dict], seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "hf_sweep.json"
+
+
 def main(only: list[str]) -> None:
+    """Run every pair (or the families named), keep the facts in RESULTS, write the table from them."""
     warnings.simplefilter("ignore")
-    facts, t0 = [], time.perf_counter()
+    kept = json.loads(RESULTS.read_text()) if only and RESULTS.exists() else {"facts": [], "seconds": 0.0}
+    facts = [f for f in kept["facts"] if f["family"] not in only]
     for family, name in sweep_pairs():
         if only and family not in only:
             continue
@@ -99,7 +104,13 @@ def main(only: list[str]) -> None:
             fact = {"family": family, "flax": name, "head": "?", "error": f"{type(e).__name__}: {e}"[:200]}
         print(fact["flax"], {k: v for k, v in fact.items() if k in ("coverage", "first_divergence", "seconds")})
         facts.append(fact)
-    (ROOT / "docs" / "hf_sweep.md").write_text(render(facts, time.perf_counter() - t0))
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps({"facts": facts, "seconds": kept["seconds"]}, indent=1))
+    seconds = sum(f.get("seconds", 0.0) for f in facts)
+    order = {n: i for i, (_, n) in enumerate(sweep_pairs())}
+    facts.sort(key=lambda f: order.get(f["flax"], 0))
+    RESULTS.write_text(json.dumps({"facts": facts, "seconds": seconds}, indent=1))
+    (ROOT / "docs" / "hf_sweep.md").write_text(render(facts, seconds))
 
 
 if __name__ == "__main__":
