@@ -72,6 +72,16 @@ def render(facts: list[dict], seconds: float) -> str:
     ]
     for fam in families:
         lines.append(f"| {fam} | " + " | ".join(_cell(by.get((fam, h))) for h in heads) + " |")
+    lines += [
+        "",
+        "What the sweep turned up outside xfdiff:",
+        "",
+        "- Flax Electra defaults `token_type_ids` to ones, PyTorch Electra to zeros: without them",
+        "  the pair diverges at `embeddings.token_type_embeddings` (found by xfdiff); the sweep passes",
+        "  them explicitly.",
+        "- The Flax T5 family (t5, mt5, longt5) calls `jnp.clip(x, a_max=...)`, which JAX 0.10 no",
+        "  longer accepts; the sweep accepts that spelling while those pairs run.",
+    ]
     lines += ["", "Families that reuse another family's classes:", ""]
     lines += [f"- {fam}: {why}" for fam, why in ALIASES.items()]
     odd = [f for f in facts if "error" in f or f["coverage"] < 0.95 or f["first_divergence"] or f["findings"]]

@@ -85,7 +85,8 @@ FAMILY = {
         conv_kernel=(8, 8),
         num_conv_pos_embeddings=8,
         num_conv_pos_embedding_groups=2,
-        do_stable_layer_norm=False,
+        do_stable_layer_norm=True,  # the only layout Flax Wav2Vec2 implements
+        feat_extract_norm="layer",
         codevector_dim=16,
         proj_codevector_dim=16,
         num_codevectors_per_group=8,
@@ -137,6 +138,11 @@ def head_of(flax_name: str) -> str:
 
 
 def tiny_config(family: str, config_cls):
+    if family == "vision-text-dual-encoder":
+        T, _ = _transformers()
+        return config_cls.from_vision_text_configs(
+            tiny_config("vit", T.ViTConfig), tiny_config("bert", T.BertConfig), projection_dim=16
+        )
     default = config_cls()
     known = set(default.to_dict()) | set(getattr(config_cls, "attribute_map", {}))
     kw = {k: v for k, v in {**TINY, **FAMILY.get(family, {})}.items() if k in known}
@@ -145,11 +151,6 @@ def tiny_config(family: str, config_cls):
             text_config=tiny_config("clip-text", type(default.text_config)).to_dict(),
             vision_config=tiny_config("clip-vision", type(default.vision_config)).to_dict(),
             projection_dim=16,
-        )
-    if family == "vision-text-dual-encoder":
-        T, _ = _transformers()
-        return config_cls.from_vision_text_configs(
-            tiny_config("vit", T.ViTConfig), tiny_config("bert", T.BertConfig), projection_dim=16
         )
     return config_cls(**kw)
 
@@ -183,7 +184,8 @@ def make_inputs(family: str, flax_name: str, cfg) -> dict:
         return {"input_ids": _ids((2, 8)), "pixel_values": _pixels()}
     if "MultipleChoice" in flax_name:
         ids = _ids((2, 2, 8))
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        out = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        return {**out, "token_type_ids": np.zeros_like(ids)} if family == "electra" else out
     ids = _ids((2, 8))
     if "SequenceClassification" in flax_name and family in SEQ2SEQ:
         ids[:, -1] = cfg.eos_token_id  # the head reads the decoder at the (one) end-of-sequence token
@@ -201,7 +203,10 @@ def make_inputs(family: str, flax_name: str, cfg) -> dict:
 def _uninitialised(fx_cls, cfg, seed: int):
     """The Flax model without its random initialisation (a compiled run of the whole model:
     most of a tiny pair's cost); its parameter shapes stand in until the converted ones arrive."""
-    fx = fx_cls(cfg, seed=seed, _do_init=False)
+    try:
+        fx = fx_cls(cfg, seed=seed, _do_init=False)
+    except ValueError:  # a model that insists on its initialisation (VisionTextDualEncoder)
+        return fx_cls(cfg, seed=seed)
     fx._is_initialized = True  # the converter reads shapes and keys from ``fx.params``
     fx._params = fx.params_shape_tree
     return fx

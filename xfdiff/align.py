@@ -554,9 +554,10 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
         free = list(lb)
         # 1) same last name or same type
         for a in list(la):
-            ta_last = tokens(a)[-1] if a else ""
+            # the whole last component: ``first_dropout`` is not ``last_dropout``
+            ta_last = a.rsplit(".", 1)[-1].lower()
             for b in free:
-                tb_last = tokens(b)[-1] if b else ""
+                tb_last = b.rsplit(".", 1)[-1].lower()
                 same_name = ta_last == tb_last and not ta_last.isdigit()
                 same_type = ta.module_types.get(a, "").lower() == tb.module_types.get(b, "").lower()
                 if (same_name or same_type and a.count(".") - b.count(".") in (-1, 0, 1)) and _first_shape(
