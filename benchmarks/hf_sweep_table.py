@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from hf_sweep import ALIASES, run_pair, sweep_pairs  # noqa: E402
+from hf_sweep import ALIASES, head_of, run_pair, sweep_pairs  # noqa: E402
 
 HEADS = [
     "Model",
@@ -111,7 +111,7 @@ def main(only: list[str]) -> None:
             fact = run_pair(family, name)
             fact.pop("report")
         except Exception as e:  # a pair that cannot run is listed, not hidden
-            fact = {"family": family, "flax": name, "head": "?", "error": f"{type(e).__name__}: {e}"[:200]}
+            fact = {"family": family, "flax": name, "head": head_of(name), "error": f"{type(e).__name__}: {e}"[:200]}
         print(fact["flax"], {k: v for k, v in fact.items() if k in ("coverage", "first_divergence", "seconds")})
         facts.append(fact)
         RESULTS.parent.mkdir(exist_ok=True)

@@ -131,6 +131,8 @@ def sweep_pairs() -> list[tuple[str, str]]:
 
 def head_of(flax_name: str) -> str:
     """``FlaxBertForMaskedLM`` -> ``ForMaskedLM``; the base model -> ``Model``."""
+    if flax_name.endswith("DualEncoderModel"):
+        return "Model"
     m = re.search(
         r"(For[A-Z]\w+|LMHeadModel|MTModel|TextModelWithProjection|TextModel|VisionModel|EncoderModel)$", flax_name
     )

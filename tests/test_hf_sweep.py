@@ -20,12 +20,15 @@ pytestmark = [pytest.mark.hf, pytest.mark.slow]
 # Pairs whose first divergence is a boundary difference (a bias or scale applied outside the
 # module, an extra leading axis, a parametrization module): a note, not a divergence, once the
 # verdict rules (issue 11) land. Until then the sweep does not assert "no first divergence" here.
-EXPECTS_VERDICT_BRANCH: dict[str, str] = {}
+EXPECTS_VERDICT_BRANCH: dict[str, str] = {
+    "FlaxXGLMModel": "embed_tokens: the Flax model scales the embedding by sqrt(d) outside the module",
+    "FlaxXGLMForCausalLM": "model.embed_tokens: the Flax model scales the embedding by sqrt(d) outside the module",
+}
 
-# Pairs whose reference runs parameterised modules the port does not have at all.
-COVERAGE_EXCEPTIONS: dict[str, tuple[float, str]] = {
-    "FlaxBigBirdForMaskedLM": (0.9, "the PyTorch model runs bert.pooler; the Flax MLM model is built without one"),
-    "FlaxBigBirdForCausalLM": (0.9, "the PyTorch model runs bert.pooler; the Flax causal LM is built without one"),
+# Pairs the test helper cannot build yet (not an xfdiff limitation).
+NOT_BUILT: dict[str, str] = {
+    name: "tests/hf_pairs.converted_params cannot yet place the converted weight-norm conv (weight_g/weight_v)"
+    for name in ("FlaxWav2Vec2Model", "FlaxWav2Vec2ForCTC", "FlaxWav2Vec2ForPreTraining")
 }
 
 PAIRS = sweep_pairs()
@@ -41,10 +44,13 @@ def test_sweep_lists_every_family_and_its_heads():
 
 @pytest.mark.parametrize("family,flax_name", PAIRS, ids=[n for _, n in PAIRS])
 def test_pair_is_compared_and_clean(family, flax_name):
+    if flax_name in NOT_BUILT:
+        pytest.xfail(NOT_BUILT[flax_name])
     fact = run_pair(family, flax_name)
-    floor, why = COVERAGE_EXCEPTIONS.get(flax_name, (0.95, ""))
-    assert fact["coverage"] >= floor, (fact["unaligned"], why)
+    assert fact["coverage"] >= 0.95, fact["unaligned"]
     assert fact["final"] == "ok", fact["report"].summary()
-    assert not fact["findings"], fact["findings"]
     if flax_name not in EXPECTS_VERDICT_BRANCH:
+        assert not fact["findings"], fact["findings"]
         assert fact["first_divergence"] is None, fact["report"].summary()
+    else:  # until then the boundary is reported as a divergence with a boundary_shift finding
+        assert fact["findings"] == ["boundary_shift"], fact["findings"]
