@@ -48,11 +48,14 @@ def converted_params(pt, fx, convert) -> dict:
     from flax.traverse_util import flatten_dict, unflatten_dict
 
     canon = lambda key: tuple(re.sub(r"^[a-z]+_(\d+)$", r"\1", str(k)) for k in key)  # noqa: E731
-    got = {canon(k): v for k, v in flatten_dict(convert(pt.state_dict(), fx)).items()}
+    state = pt.state_dict()
+    got = {canon(k): v for k, v in flatten_dict(convert(state, fx)).items()}
     want = flatten_dict(fx.params)
     out = {}
     for key, ref in want.items():
         v = got.get(canon(key))
+        if v is None and ".".join(canon(key)) in state:  # left out by the converter (masked_spec_embed)
+            v = state[".".join(canon(key))].detach().numpy()
         if v is None:
             v = next(
                 got[k] for k in got if k[:-1] == canon(key)[:-1] and np.shape(got[k]) == np.shape(ref) and k not in out

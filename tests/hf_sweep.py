@@ -91,7 +91,6 @@ FAMILY = {
         proj_codevector_dim=16,
         num_codevectors_per_group=8,
         num_codevector_groups=2,
-        mask_time_prob=0.0,
     ),
     "whisper": dict(num_mel_bins=8, max_source_positions=8, max_target_positions=16, decoder_start_token_id=1),
 }

@@ -25,12 +25,6 @@ EXPECTS_VERDICT_BRANCH: dict[str, str] = {
     "FlaxXGLMForCausalLM": "model.embed_tokens: the Flax model scales the embedding by sqrt(d) outside the module",
 }
 
-# Pairs the test helper cannot build yet (not an xfdiff limitation).
-NOT_BUILT: dict[str, str] = {
-    name: "tests/hf_pairs.converted_params cannot yet place the converted weight-norm conv (weight_g/weight_v)"
-    for name in ("FlaxWav2Vec2Model", "FlaxWav2Vec2ForCTC", "FlaxWav2Vec2ForPreTraining")
-}
-
 PAIRS = sweep_pairs()
 
 
@@ -44,8 +38,6 @@ def test_sweep_lists_every_family_and_its_heads():
 
 @pytest.mark.parametrize("family,flax_name", PAIRS, ids=[n for _, n in PAIRS])
 def test_pair_is_compared_and_clean(family, flax_name):
-    if flax_name in NOT_BUILT:
-        pytest.xfail(NOT_BUILT[flax_name])
     fact = run_pair(family, flax_name)
     assert fact["coverage"] >= 0.95, fact["unaligned"]
     assert fact["final"] == "ok", fact["report"].summary()
