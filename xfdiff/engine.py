@@ -276,7 +276,7 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
     ts, fs = sides.torch_flax
     al, tol = ev.alignment, ev.tolerance
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
-    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and p in al.pairs)
+    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and al.absorbed.get(p, p) in al.pairs)
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
         "reference": ev.reference,

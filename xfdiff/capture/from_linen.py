@@ -307,11 +307,13 @@ class LinenSide:
     def __init__(self, model: Any, inputs: Any, jit: bool = True):
         if is_hf_flax(model):
             self.module = model.module
-            self.variables = {"params": model.params}
+            # Models with batch statistics (ResNet, RegNet) keep every collection in ``model.params``.
+            whole = isinstance(model.params, Mapping) and {"params", "batch_stats"} <= set(model.params)
+            self.variables = dict(model.params) if whole else {"params": model.params}
             hf = weakref.ref(model)  # the jit cache below must not keep the model (and its params) alive
 
             def call(variables, args, kwargs):
-                return hf()(*args, params=variables["params"], **kwargs)
+                return hf()(*args, params=variables if whole else variables["params"], **kwargs)
 
             self.call: Callable = call
             self.label = type(model).__name__
