@@ -29,7 +29,8 @@ import functools
 import numpy as np
 
 from .layout import best_transform, candidates
-from .trace import ROOT, Trace, to_float64
+from .stats import to_float64
+from .trace import ROOT, Trace
 
 # Value pairing runs when fewer than this share of parameterised reference modules are paired.
 NEEDED_BELOW = 0.9
