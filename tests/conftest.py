@@ -149,7 +149,6 @@ def make_evil_report():
     return report
 
 
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_collect_file(file_path, parent):
     """Doctests come from xfdiff/ only: modules here (e.g. the TensorFlow subprocess scripts) are not imported for them."""
