@@ -414,20 +414,33 @@ def _pair_by_order(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignme
 
 def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
     set_b = set(pb_paths)
+    # Paired paths under each ancestor (pairing order kept), so a container's descendants are a lookup.
+    below_a: dict[str, list[str]] = {}
+    below_b: dict[str, dict[str, None]] = {}
+
+    def index(a: str, b: str) -> None:
+        for anc in _ancestors(a):
+            below_a.setdefault(anc, []).append(a)
+        for anc in _ancestors(b):
+            below_b.setdefault(anc, {})[b] = None
+
+    for a, b in al.pairs.items():
+        index(a, b)
+    rev = al.reverse
+    taken = set(rev)
     for a in sorted(pa_paths, key=lambda p: -p.count(".") if p else 1):
         if a in al.pairs or a == ROOT:
             continue
-        desc = [d for d in list(al.pairs) if _is_ancestor(a, d)]
+        desc = below_a.get(a)
         if not desc:
             continue
         partners = [al.pairs[d] for d in desc]
-        taken = set(al.pairs.values())
-        rev = al.reverse
         options = []
         for b in _ancestors(partners[0]):
-            if b not in set_b or not all(_is_ancestor(b, p) for p in partners):
+            under_b = below_b.get(b, {})
+            if b not in set_b or not all(p in under_b for p in partners):
                 continue
-            inside = [rev[p] for p in rev if _is_ancestor(b, p)]
+            inside = [rev[p] for p in under_b]
             if any(not _is_ancestor(a, t) for t in inside):
                 break  # b also holds partners of modules outside a: no exclusive counterpart above
             if b not in taken:
@@ -435,6 +448,9 @@ def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) ->
         if options:
             _, _, b, n_inside = max(options)
             al.add(a, b, "descendants", min(1.0, 0.5 + 0.5 * len(desc) / max(n_inside, 1)))
+            index(a, b)
+            rev[b] = a
+            taken.add(b)
 
 
 def _first_shape(trace: Trace, path: str) -> tuple | None:
