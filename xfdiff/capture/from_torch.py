@@ -189,6 +189,7 @@ class TorchSide:
         self.model = model
         self.args, self.kwargs = to_torch_inputs(inputs)
         self.modules = list(model.named_modules())
+        self.paths = [canonical_path(name) for name, _ in self.modules]
 
     def describe(self) -> str:
         return type(self.model).__name__
@@ -203,8 +204,7 @@ class TorchSide:
                 record's arrays elsewhere (bounded-memory mode spills them to disk).
         """
         trace = Trace(side="torch", framework="torch")
-        for name, mod in self.modules:
-            path = canonical_path(name)
+        for path, (_, mod) in zip(self.paths, self.modules, strict=True):
             trace.module_types[path] = type(mod).__name__
             trace.config[path] = module_config(mod)
             own = _own_tensors(mod)
@@ -265,8 +265,7 @@ class TorchSide:
 
         rng = torch.get_rng_state()
         try:
-            for name, mod in self.modules:
-                path = canonical_path(name)
+            for path, (_, mod) in zip(self.paths, self.modules, strict=True):
                 handles.append(mod.register_forward_pre_hook(make_pre(path), with_kwargs=True))
                 handles.append(mod.register_forward_hook(make_post(path), with_kwargs=True))
             with torch.no_grad():

@@ -213,8 +213,7 @@ def _small_kernel():
                         np.zeros(0, np.int64),
                         np.zeros((0, 0), np.float32),
                         np.zeros(0, np.float32),
-                        0.0,
-                        0.0,
+                        np.zeros(0),
                         np.zeros(0, np.int64),
                         np.zeros(0, np.int64),
                     )
@@ -244,8 +243,7 @@ def _small_kernel():
                 np.zeros(0, np.int64),
                 np.zeros((0, 0), np.float32),
                 np.zeros(0, np.float32),
-                0.0,
-                0.0,
+                np.zeros(0),
                 np.zeros(0, np.int64),
                 np.zeros(0, np.int64),
             )
@@ -282,14 +280,12 @@ def _small_kernel():
                     topi[m] = f
         # log10 |error| over whole decades, binned as np.histogram bins it (edges as np.linspace builds them)
         counts = np.zeros(n_hist, np.int64)
-        lo = 0.0
-        hi = 0.0
+        edges = np.empty(n_hist + 1)
         if n_exact < n:
             lo = np.floor(np.log10(max(lo_pos, 1e-30)))
             hi = np.ceil(np.log10(max(mx, 1e-30)))
             hi = max(hi, lo + 1.0)
             step = (hi - lo) / n_hist
-            edges = np.empty(n_hist + 1)
             for b in range(n_hist):
                 edges[b] = b * step + lo
             edges[n_hist] = hi
@@ -323,7 +319,7 @@ def _small_kernel():
                 idx[m] = c
                 m += 1
                 last = c
-        return (True, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, topi, heat, profile, lo, hi, counts, idx[:m])
+        return (True, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, topi, heat, profile, edges, counts, idx[:m])
 
     return measure_small
 
@@ -520,7 +516,7 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
         min(cols, PROFILE_MAX),
         common.HIST_BINS,
     )
-    finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, worst, heat, profile, lo, hi, counts, idx = got
+    finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, worst, heat, profile, edges, counts, idx = got
     if not finite:
         return None
     nr, nd, npn = np.sqrt(s_rr), np.sqrt(s_dd), np.sqrt(s_pp)
@@ -549,7 +545,7 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
         "worst_port": fp[worst].astype(np.float64),
     }
     if n_exact < n:
-        det["hist_edges"] = np.linspace(lo, hi, common.HIST_BINS + 1)
+        det["hist_edges"] = edges  # as np.linspace(lo, hi, HIST_BINS + 1) builds them
         det["hist_counts"] = counts
     det["n_exact"] = np.asarray(n_exact)
     det["profile"] = profile
