@@ -488,6 +488,29 @@ def compare_2d(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail:
     return stats, common.detail_from([(0, part)], shape, seed, gather)
 
 
+@functools.lru_cache(maxsize=512)
+def _small_layout(shape: tuple, seed: int) -> tuple:
+    """The small pass's shape-only arguments (worst count, scatter sample, pooling bins), once per shape."""
+    rows, cols = common.shape2d(shape)
+    n = rows * cols
+    return (
+        rows,
+        cols,
+        n,
+        (
+            min(WORST_K, n),
+            common.sample(n, seed),
+            pool_bins(rows, HEATMAP_MAX),
+            min(rows, HEATMAP_MAX),
+            pool_bins(cols, HEATMAP_MAX),
+            min(cols, HEATMAP_MAX),
+            pool_bins(cols, PROFILE_MAX),
+            min(cols, PROFILE_MAX),
+            common.HIST_BINS,
+        ),
+    )
+
+
 def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, detail: bool, seed: int):
     """:func:`compare` of a small finite float32 pair in one compiled float64 pass; ``None`` when non-finite.
 
@@ -497,24 +520,14 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
     sample) come from one kernel call, with the numpy reference's binning.
     """
     shape = ref.shape
-    rows, cols = common.shape2d(shape)
-    n = rows * cols
-    k = min(WORST_K, n)
+    rows, cols, n, layout = _small_layout(shape, seed)
     got = _small_kernel()(
         np.ascontiguousarray(ref).reshape(rows, cols),
         np.ascontiguousarray(port).reshape(rows, cols),
         float(atol),
         float(rtol),
         bool(detail),
-        k,
-        common.sample(n, seed),
-        pool_bins(rows, HEATMAP_MAX),
-        min(rows, HEATMAP_MAX),
-        pool_bins(cols, HEATMAP_MAX),
-        min(cols, HEATMAP_MAX),
-        pool_bins(cols, PROFILE_MAX),
-        min(cols, PROFILE_MAX),
-        common.HIST_BINS,
+        *layout,
     )
     finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, worst, heat, profile, edges, counts, idx = got
     if not finite:
