@@ -138,14 +138,18 @@ def tensor_token(t: torch.Tensor) -> ParamToken | None:
         return None
 
 
-def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
-    """Turn a dict / tuple / single array of numpy, torch or jax arrays into (args, kwargs)."""
+def to_torch_inputs(inputs: Any, name: str = "inputs", device: Any = None) -> tuple[tuple, dict]:
+    """Turn a dict / tuple / single array of numpy, torch or jax arrays into (args, kwargs).
+
+    numpy and JAX arrays become tensors on ``device`` (the model's); torch tensors are passed as given.
+    """
 
     def conv(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             return v
         if isinstance(v, np.ndarray) or type(v).__module__.startswith(("jax", "jaxlib")):
-            return from_numpy(np.asarray(v))
+            t = from_numpy(np.asarray(v))
+            return t if device is None or t.device == device else t.to(device)
         if isinstance(v, (list, tuple)) and v and all(isinstance(x, (np.ndarray, torch.Tensor)) for x in v):
             return type(v)(conv(x) for x in v)
         return v
@@ -160,6 +164,15 @@ def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
         f"{name} must be a dict (keyword arguments), a tuple (positional arguments) or one array; "
         f"got {type(inputs).__name__}."
     )
+
+
+def model_device(model: torch.nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (``None`` for a model without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
 
 
 def accepts(model: Any) -> bool:
@@ -187,7 +200,7 @@ class TorchSide:
                 "Pass the PyTorch model itself (not its state_dict or a function)."
             )
         self.model = model
-        self.args, self.kwargs = to_torch_inputs(inputs)
+        self.args, self.kwargs = to_torch_inputs(inputs, device=model_device(model))
         self.modules = list(model.named_modules())
         self.paths = [canonical_path(name) for name, _ in self.modules]
 
