@@ -28,6 +28,7 @@ import numpy as np
 
 from .report import Unmatched
 from .stats import fingerprint_sums
+from .stats.common import to_numpy
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
 
@@ -462,8 +463,9 @@ def _first_shape(trace: Trace, path: str) -> tuple | None:
 
 def _first_float(d: dict) -> np.ndarray | None:
     for v in d.values():
-        if np.asarray(v).dtype.kind == "f":
-            return np.asarray(v, dtype=np.float64)
+        a = np.asarray(to_numpy(v))  # a device capture's tensor is copied to the host; numpy as is
+        if a.dtype.kind == "f":
+            return np.asarray(a, dtype=np.float64)
     return None
 
 

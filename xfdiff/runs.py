@@ -23,6 +23,7 @@ align) and ``run(on_call, substitute=None)``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -143,7 +144,7 @@ def _worth_threads(batch: list[CallRecord]) -> bool:
     """
     if len(batch) < 8:
         return False
-    total = sum(getattr(v, "size", 0) for rec in batch for v in rec.outputs.values())
+    total = sum(math.prod(getattr(v, "shape", ())) for rec in batch for v in rec.outputs.values())
     return total >= MIN_FAST * len(batch)
 
 

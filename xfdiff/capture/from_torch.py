@@ -15,6 +15,7 @@ Design notes:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,19 +40,45 @@ class CopyMemo:
     reuses its copy. Only weak references are held, so nothing lives longer.
     """
 
-    def __init__(self) -> None:
-        self._seen: dict[tuple, tuple[ParamToken, np.ndarray]] = {}
+    def __init__(self, on_device: bool = False) -> None:
+        self._seen: dict[tuple, tuple[ParamToken, Any]] = {}
+        # On the device: a detached clone stays where the tensor is (statistics run there, see DEVICE_ENV).
+        self._copy = _device_copy if on_device else to_numpy
 
-    def copy(self, t: torch.Tensor) -> np.ndarray:
+    def copy(self, t: torch.Tensor) -> Any:
         tok = tensor_token(t)
         if tok is None:  # sparse, nested, meta...: no identity to trust
             return to_numpy(t)
         hit = self._seen.get(tok.key)
         if hit is not None and hit[0].alive():
             return hit[1]
-        a = to_numpy(t)
+        a = self._copy(t)
         self._seen[tok.key] = (tok, a)
         return a
+
+
+#: ``XFDIFF_DEVICE_STATS=1`` keeps every captured activation a torch tensor on its device (CPU included,
+#: to test the device path); ``=0`` copies them all to host numpy at hook time. Unset: accelerator
+#: tensors stay on their device, CPU ones are copied to numpy (cheap there, and the host kernels are faster).
+DEVICE_ENV = "XFDIFF_DEVICE_STATS"
+
+
+def device_mode(model: torch.nn.Module) -> bool:
+    """Whether a capture of ``model`` keeps its activations on the device (see :data:`DEVICE_ENV`)."""
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if forced in ("1", "on", "true", "yes"):
+        return True
+    if forced in ("0", "off", "false", "no"):
+        return False
+    dev = model_device(model)
+    return dev is not None and dev.type not in ("cpu", "meta")
+
+
+def _device_copy(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    return t.clone()
 
 
 def flatten(obj: Any, prefix: tuple = (), memo: CopyMemo | None = None) -> dict[str, np.ndarray]:
@@ -230,7 +257,8 @@ class TorchSide:
         handles = []
         subst = substitute or {}
         # Shared copies would keep spilled arrays alive: a sink gets its own copy of every leaf.
-        memo = CopyMemo() if sink is None else None
+        on_device = sink is None and device_mode(self.model)
+        memo = CopyMemo(on_device) if sink is None else None
 
         def make_pre(path: str):
             def pre(mod, args, kwargs):
@@ -297,6 +325,7 @@ class TorchSide:
                 "training": bool(self.model.training),
                 "torch_version": torch.__version__,
                 "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                "on_device": on_device,
             }
         )
         return trace
