@@ -18,6 +18,7 @@ from .localize import input_map
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
 from .stats.common import dtype_name
+from .stats.dispatch import kind_of
 from .trace import CallRecord, Trace, to_host
 
 
@@ -133,7 +134,7 @@ def _device_ready(ref_out: dict, port_out: dict) -> bool:
     they live when nothing needs choosing: every output leaf has a port leaf
     of the same key and shape (identity layout, the common case).
     """
-    if all(type(v) is np.ndarray for v in (*ref_out.values(), *port_out.values())):
+    if all(kind_of(v) != "torch" for v in (*ref_out.values(), *port_out.values())):
         return True
     for k, v in ref_out.items():
         pv = port_out.get(k)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .stats import is_float
+from .stats.dispatch import kind_of
 
 ROOT = ""
 
@@ -200,11 +201,11 @@ def to_host(rec: CallRecord) -> None:
     """
     for name in ("inputs", "outputs", "raw_inputs"):
         leaves = getattr(rec, name, None)
-        if not leaves or all(type(v) is np.ndarray for v in leaves.values()):
+        if not leaves or not any(kind_of(v) == "torch" for v in leaves.values()):
             continue
         from .capture._torch import to_numpy  # only reached when torch tensors are held, so torch is imported
 
-        setattr(rec, name, {k: v if type(v) is np.ndarray else to_numpy(v) for k, v in leaves.items()})
+        setattr(rec, name, {k: to_numpy(v) if kind_of(v) == "torch" else v for k, v in leaves.items()})
 
 
 def trace_to_host(trace: Trace) -> None:
