@@ -118,6 +118,32 @@ def deep_section(d: dict) -> list[str]:
     return out
 
 
+def ab_section(ds: list[dict]) -> list[str]:
+    out = [
+        "## This version against an earlier one",
+        "",
+        "Both versions in one process on the same models, warm, alternating call by call, so the ratio "
+        "between them holds while the shared machine's load moves absolute times (torch on one thread).",
+        "",
+        "| command | configuration | base (s) | new (s) | new / base | base per call (ms) | new per call (ms) | "
+        "ratio to bare: base / new |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in ds:
+        for k, r in d["new_over_base"].items():
+            b, n = f"base {k}", f"new {k}"
+            out.append(
+                f"| `{d['command']}` | `compare({k})` | {d['median_s'][b]:.3f} | {d['median_s'][n]:.3f} | {r:.2f} | "
+                f"{d['per_call_ms'][b]:.3f} | {d['per_call_ms'][n]:.3f} | "
+                f"{d['ratio_to_bare'][b]:.2f} / {d['ratio_to_bare'][n]:.2f} |"
+            )
+    bare = ", ".join(f"{d['pair']}: {d['median_s']['bare']:.3f} s" for d in ds)
+    out += ["", f"Bare work (median): {bare}.", ""]
+    if ds:
+        out += [f"Environment: {_env(ds[-1])}.", ""]
+    return out
+
+
 def gpu_section(ds: list[dict]) -> list[str]:
     out = ["## On a GPU", ""]
     if not ds:
@@ -254,6 +280,9 @@ def main() -> int:
         d = _load(name)
         if d is not None:
             lines += section(d)
+    ab = [d for d in (_load(n) for n in ("ab_deep.json", "ab_llama12.json")) if d is not None]
+    if ab:
+        lines += ab_section(ab)
     lines += gpu_section([d for d in (_load(n) for n in ("gpu_llama12.json", "gpu_llama_1b.json")) if d is not None])
     (HERE / "README.md").write_text("\n".join(lines))
     print("wrote", HERE / "README.md")
