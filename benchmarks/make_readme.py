@@ -91,6 +91,86 @@ def compare_section(d: dict) -> list[str]:
     return out
 
 
+def deep_section(d: dict) -> list[str]:
+    m = d["model"]
+    ok = d["per_call_ms"] <= d["target_per_call_ms"]
+    out = [
+        "## Fixed cost per aligned call (a deep narrow model)",
+        "",
+        f"`{d['command']}` — {m['num_hidden_layers']}-layer d={m['hidden_size']} Llama pair, "
+        f"{m['num_attention_heads']} heads, vocab {m['vocab_size']}, seq {m['seq']}, fp32, CPU, torch at "
+        f"{d.get('torch_threads', '?')} thread(s); `compare(local=False, diagnose=False)`, {d['aligned_calls']} "
+        f"aligned calls. The forward is so cheap that nearly all of compare's time is per-call work. "
+        f"Warm, interleaved, median of {d['repeats']}.",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| bare work (torch forward + jitted Flax forward + diff) | {d['median_s']['bare'] * 1e3:.1f} ms |",
+        f"| `compare(local=False)` | {d['median_s']['compare'] * 1e3:.1f} ms |",
+        f"| per aligned call: (compare - bare) / calls | **{d['per_call_ms']:.3f} ms** "
+        f"(target <= {d['target_per_call_ms']}{'' if ok else ', not met'}) |",
+        "",
+        "| stage | ms |",
+        "|---|---:|",
+    ]
+    out += [f"| {k} | {v * 1e3:.1f} |" for k, v in d["stages_s"].items()]
+    out += ["", f"Environment: {_env(d)}.", ""]
+    return out
+
+
+def ab_section(ds: list[dict]) -> list[str]:
+    out = [
+        "## This version against an earlier one",
+        "",
+        "Both versions in one process on the same models, warm, alternating call by call, so the ratio "
+        "between them holds while the shared machine's load moves absolute times (torch on one thread).",
+        "",
+        "| command | configuration | base (s) | new (s) | new / base | base per call (ms) | new per call (ms) | "
+        "ratio to bare: base / new |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for d in ds:
+        for k, r in d["new_over_base"].items():
+            b, n = f"base {k}", f"new {k}"
+            out.append(
+                f"| `{d['command']}` | `compare({k})` | {d['median_s'][b]:.3f} | {d['median_s'][n]:.3f} | {r:.2f} | "
+                f"{d['per_call_ms'][b]:.3f} | {d['per_call_ms'][n]:.3f} | "
+                f"{d['ratio_to_bare'][b]:.2f} / {d['ratio_to_bare'][n]:.2f} |"
+            )
+    bare = ", ".join(f"{d['pair']}: {d['median_s']['bare']:.3f} s" for d in ds)
+    out += ["", f"Bare work (median): {bare}.", ""]
+    if ds:
+        out += [f"Environment: {_env(ds[-1])}.", ""]
+    return out
+
+
+def gpu_section(ds: list[dict]) -> list[str]:
+    out = ["## On a GPU", ""]
+    if not ds:
+        return out + [
+            "`python benchmarks/bench_gpu.py` (the 12-layer pair at seq 128 and the 1.1B at seq 2048 on one CUDA "
+            "GPU, writing `results/gpu_*.json`) has not been run on a GPU yet; on a machine without one it "
+            "skips (or, with `--cpu-smoke`, runs its code path on a 2-layer model on the CPU).",
+            "",
+        ]
+    for d in ds:
+        dev = d.get("device", {})
+        out += [
+            f"`{d['command']}` — {d['row']}, {dev.get('torch_device_name')} / {dev.get('jax_device_kind')}; "
+            f"median of {d['repeats']}.",
+            "",
+            "| configuration | median (s) | ratio to bare |",
+            "|---|---:|---:|",
+            f"| bare work | {d['median_s']['bare']:.3f} | 1.00 |",
+        ]
+        out += [f"| `compare({k})` | {d['median_s'][k]:.3f} | {r:.2f} |" for k, r in d["ratio_to_bare"].items()]
+        for k, st in d["stages_s"].items():
+            out += ["", f"Stages of `compare({k})` (s):", "", "| stage | s |", "|---|---:|"]
+            out += [f"| {name} | {v:.3f} |" for name, v in st.items()]
+        out += ["", f"Environment: {_env(d)}.", ""]
+    return out
+
+
 def peers_section(d: dict) -> list[str]:
     out = [
         "## PyTorch-side capture against peers",
@@ -191,6 +271,7 @@ def main() -> int:
     ]
     for name, section in (
         ("compare_llama12.json", compare_section),
+        ("deep_llama48.json", deep_section),
         ("peers_llama12.json", peers_section),
         ("memory_llama12.json", memory_section),
         ("llama_1b.json", big_section),
@@ -199,6 +280,10 @@ def main() -> int:
         d = _load(name)
         if d is not None:
             lines += section(d)
+    ab = [d for d in (_load(n) for n in ("ab_deep.json", "ab_llama12.json")) if d is not None]
+    if ab:
+        lines += ab_section(ab)
+    lines += gpu_section([d for d in (_load(n) for n in ("gpu_llama12.json", "gpu_llama_1b.json")) if d is not None])
     (HERE / "README.md").write_text("\n".join(lines))
     print("wrote", HERE / "README.md")
     return 0

@@ -302,13 +302,13 @@ class TAttn(torch.nn.Module):
         k = self.k_proj(x).view(b, t, kv, hd).transpose(1, 2)
         v = self.v_proj(x).view(b, t, kv, hd).transpose(1, 2)
         if self.rope:
-            cos, sin = (torch.from_numpy(np.concatenate([a, a], -1)) for a in _rope_tables(t, hd))
+            cos, sin = (torch.from_numpy(np.concatenate([a, a], -1)).to(q.device) for a in _rope_tables(t, hd))
             q = q * cos + torch.cat([-q[..., hd // 2 :], q[..., : hd // 2]], -1) * sin
             k = k * cos + torch.cat([-k[..., hd // 2 :], k[..., : hd // 2]], -1) * sin
         k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
         allowed = mask.bool()[:, None, None, :]
         if self.causal:
-            allowed = allowed & torch.ones(t, t, dtype=torch.bool).tril()
+            allowed = allowed & torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, D))
 
@@ -485,7 +485,7 @@ class TEmb(torch.nn.Module):
         self.offset, self.scale = offset, scale
 
     def forward(self, ids):
-        pos = torch.arange(ids.shape[1]) + self.offset
+        pos = torch.arange(ids.shape[1], device=ids.device) + self.offset
         return self.tok(ids) * self.scale + self.pos(pos)[None]
 
 

@@ -40,7 +40,9 @@ class TorchAttention(torch.nn.Module):
         b, t, _ = x.shape
         q, k, v = (p(x).view(b, t, H, HD).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         att = (q @ k.transpose(-1, -2)) / math.sqrt(HD)
-        att = att.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf")).softmax(-1)
+        att = att.masked_fill(
+            torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1), float("-inf")
+        ).softmax(-1)
         return self.o_proj((att @ v).transpose(1, 2).reshape(b, t, D))
 
 

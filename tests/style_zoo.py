@@ -186,7 +186,7 @@ class TorchDecoderLM(torch.nn.Module):
 
     def forward(self, tokens):
         t = tokens.shape[1]
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)  # True = not allowed
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=tokens.device), diagonal=1)  # True = not allowed
         x = self.tok_embeddings(tokens) + self.pos_embeddings[:, :t]
         for layer in self.layers:
             x = layer(x, causal)
@@ -537,7 +537,7 @@ class TorchGPT(torch.nn.Module):
         self.norm_out = torch.nn.LayerNorm(d)
 
     def forward(self, idx):
-        pos = torch.arange(idx.shape[1])
+        pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.token_embedding(idx) + self.position_embedding(pos)
         for block in self.blocks:
             x = block(x)

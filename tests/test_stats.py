@@ -161,7 +161,8 @@ def test_each_pair_goes_to_the_backend_its_arrays_and_values_call_for():
     r, p = _pair((64, 1024))
     assert stats.backend_for(r, p) == "numba"  # finite float32 numpy, one block
     small, _ = _pair((8, 16))
-    assert stats.backend_for(small, small) == "numpy"  # a compiled call costs more than the arithmetic
+    assert stats.backend_for(small, small) == "numba"  # one small compiled call, detail included
+    assert stats.backend_for(small.astype(np.float64), small.astype(np.float64)) == "numpy"
     assert stats.backend_for(r.astype(np.float64), p.astype(np.float64)) == "numpy"  # float64 stays exact
     bad = p.copy()
     bad[3, 3] = np.nan
@@ -172,11 +173,36 @@ def test_each_pair_goes_to_the_backend_its_arrays_and_values_call_for():
     assert stats.pair_kind(small, jnp.asarray(small)) == "jax" and stats.kind_of(small) == "numpy"
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 64), (7,), (5, 3), (40, 33), (2, 4, 16, 16), (1, 1)])
+def test_small_pass_equals_the_numpy_reference_exactly(shape):
+    """Small arrays: one compiled float64 pass, the reference's statistics and the very same detail."""
+    r, p = _pair(shape, seed=11)
+    p.flat[0] = r.flat[0]
+    s, det = _numba.compare_small(r, p, 1e-5, 1e-4, True, 0)
+    ref, ref_det = compare_arrays(r, p, 1e-5, 1e-4), error_detail(r, p)
+    for k in STAT_FIELDS:
+        assert getattr(s, k) == pytest.approx(getattr(ref, k), rel=1e-9, abs=1e-15), k
+    assert set(det) == set(ref_det)
+    for k, want in ref_det.items():
+        assert det[k].dtype == want.dtype and det[k].shape == want.shape, k
+        got = det[k]
+        if k.startswith("worst"):  # equal errors (the exact zeros) may come in another order
+            got, want = np.sort(got), np.sort(want)
+        np.testing.assert_array_equal(got, want, err_msg=k)
+    same = _numba.compare_small(r, r.copy(), 1e-5, 1e-5, True, 0)[1]
+    assert "hist_counts" not in same and int(same["n_exact"]) == r.size
+    bad = p.copy()
+    bad.flat[-1] = np.inf
+    assert _numba.compare_small(r, bad, 1e-5, 1e-5, True, 0) is None  # declined: the next backend measures it
+
+
 @pytest.mark.parametrize("case", ["numba", "jax", "numpy", "nonfinite"])
 def test_dispatched_statistics_equal_the_numpy_reference_on_every_route(case):
     import jax.numpy as jnp
 
     r, p = _pair((8, 16) if case == "numpy" else (64, 1024), seed=4)
+    if case == "numpy":
+        r, p = r.astype(np.float64), p.astype(np.float64)
     if case == "nonfinite":
         p[1, 2], r[5, 5], p[5, 5] = np.nan, np.inf, np.inf
     port = jnp.asarray(p) if case == "jax" else p

@@ -29,6 +29,7 @@ import numpy as np
 from .align_values import pair_by_values
 from .report import Unmatched
 from .stats import fingerprint_sums
+from .stats.common import to_numpy
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
 
@@ -468,20 +469,33 @@ def _pair_by_order(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignme
 
 def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
     set_b = set(pb_paths)
+    # Paired paths under each ancestor (pairing order kept), so a container's descendants are a lookup.
+    below_a: dict[str, list[str]] = {}
+    below_b: dict[str, dict[str, None]] = {}
+
+    def index(a: str, b: str) -> None:
+        for anc in _ancestors(a):
+            below_a.setdefault(anc, []).append(a)
+        for anc in _ancestors(b):
+            below_b.setdefault(anc, {})[b] = None
+
+    for a, b in al.pairs.items():
+        index(a, b)
+    rev = al.reverse
+    taken = set(rev)
     for a in sorted(pa_paths, key=lambda p: -p.count(".") if p else 1):
         if a in al.pairs or a == ROOT:
             continue
-        desc = [d for d in list(al.pairs) if _is_ancestor(a, d)]
+        desc = below_a.get(a)
         if not desc:
             continue
         partners = [al.pairs[d] for d in desc]
-        taken = set(al.pairs.values())
-        rev = al.reverse
         options = []
         for b in _ancestors(partners[0]):
-            if b not in set_b or not all(_is_ancestor(b, p) for p in partners):
+            under_b = below_b.get(b, {})
+            if b not in set_b or not all(p in under_b for p in partners):
                 continue
-            inside = [rev[p] for p in rev if _is_ancestor(b, p)]
+            inside = [rev[p] for p in under_b]
             if any(not _is_ancestor(a, t) for t in inside):
                 break  # b also holds partners of modules outside a: no exclusive counterpart above
             if b not in taken:
@@ -489,6 +503,9 @@ def _pair_containers(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) ->
         if options:
             _, _, b, n_inside = max(options)
             al.add(a, b, "descendants", min(1.0, 0.5 + 0.5 * len(desc) / max(n_inside, 1)))
+            index(a, b)
+            rev[b] = a
+            taken.add(b)
 
 
 def _first_shape(trace: Trace, path: str) -> tuple | None:
@@ -500,8 +517,9 @@ def _first_shape(trace: Trace, path: str) -> tuple | None:
 
 def _first_float(d: dict) -> np.ndarray | None:
     for v in d.values():
-        if np.asarray(v).dtype.kind == "f":
-            return np.asarray(v, dtype=np.float64)
+        a = np.asarray(to_numpy(v))  # a device capture's tensor is copied to the host; numpy as is
+        if a.dtype.kind == "f":
+            return np.asarray(a, dtype=np.float64)
     return None
 
 

@@ -83,7 +83,7 @@ def _torch_model(seed: int):
             self.ln_f, self.head = nn.LayerNorm(HIDDEN, eps=EPS), nn.Linear(HIDDEN, VOCAB)
 
         def forward(self, ids):
-            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
             for blk in self.blocks:
                 x = blk(x)
             return self.head(self.ln_f(x))

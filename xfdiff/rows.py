@@ -17,7 +17,9 @@ from .layout import Transform, best_transform, candidates, input_layout
 from .localize import input_map
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
-from .trace import CallRecord, Trace
+from .stats.common import dtype_name
+from .stats.dispatch import kind_of
+from .trace import CallRecord, Trace, to_host
 
 
 class Match(NamedTuple):
@@ -92,6 +94,9 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
         lyr.status = "shape_mismatch"
         lyr.note = (lyr.note + "; " if lyr.note else "") + "only one side returned floating-point outputs"
         return row
+    if not _device_ready(ref_out, port_out):
+        to_host(ref)  # layout choices score transforms on the host
+        to_host(port)
     best = _measure(ref, port, tol)
     if best is None:
         fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
@@ -108,7 +113,7 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
     lyr.layout = best.transform.name
     tk, fk = by_framework(reference, best.ref_key, best.port_key)
     lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
-    lyr.torch_dtype, lyr.flax_dtype = rt.outputs[tk].dtype.name, rf.outputs[fk].dtype.name
+    lyr.torch_dtype, lyr.flax_dtype = dtype_name(rt.outputs[tk]), dtype_name(rf.outputs[fk])
     det = best.detail
     if det is None:
         r = best.transform.forward(ref.outputs[best.ref_key])
@@ -116,8 +121,28 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
     lyr.detail = det
     row.ref_key, row.port_key, row.transform = best.ref_key, best.port_key, best.transform
     if link_inputs:
+        to_host(ref)  # teacher forcing feeds these inputs to the port
+        to_host(port)
         row.inputs_from_ref = input_map(ref, port)
     return row
+
+
+def _device_ready(ref_out: dict, port_out: dict) -> bool:
+    """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its namesake as is.
+
+    Device tensors (a torch capture on its accelerator) are measured where
+    they live when nothing needs choosing: every output leaf has a port leaf
+    of the same key and shape (identity layout, the common case).
+    """
+    if all(kind_of(v) != "torch" for v in (*ref_out.values(), *port_out.values())):
+        return True
+    for k, v in ref_out.items():
+        pv = port_out.get(k)
+        if pv is None or tuple(v.shape) != tuple(pv.shape):
+            return False
+        if len(candidates(tuple(v.shape), tuple(pv.shape))) != 1:
+            return False
+    return True
 
 
 def pair_outputs(
@@ -158,7 +183,7 @@ def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance) -> Measu
     for rk, pk, t in pairs:
         r = t.forward(ref_out[rk])
         p = port_out[pk]
-        atol, rtol = tol.resolve(lower_precision(r.dtype.name, p.dtype.name))
+        atol, rtol = tol.resolve(lower_precision(dtype_name(r), dtype_name(p)))
         s, det = stats_and_detail(r, p, atol, rtol, detail=len(pairs) == 1)
         key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
         if best is None or key > best[0]:

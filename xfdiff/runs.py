@@ -23,10 +23,12 @@ align) and ``run(on_call, substitute=None)``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .stats import parallel_map
+from .stats.common import MIN_FAST
 from .trace import CallRecord, Trace
 
 OnCall = Callable[[CallRecord], None]
@@ -127,10 +129,23 @@ class CallQueue:
 
     def drain(self) -> None:
         batch, self.pending = self.pending, []
-        flags = parallel_map(self.work, batch)
+        flags = parallel_map(self.work, batch) if _worth_threads(batch) else [self.work(rec) for rec in batch]
         for rec, full in zip(batch, flags, strict=True):
             self.store.keep(rec, full)
             self.store.after_call()
+
+
+def _worth_threads(batch: list[CallRecord]) -> bool:
+    """Whether a batch's rows are large enough for the thread pool.
+
+    A small row is measured in one short compiled call; handing it to a
+    thread costs more than measuring it (a deep narrow model: ~1 ms of
+    waiting per row), so batches of small rows are measured in this thread.
+    """
+    if len(batch) < 8:
+        return False
+    total = sum(math.prod(getattr(v, "shape", ())) for rec in batch for v in rec.outputs.values())
+    return total >= MIN_FAST * len(batch)
 
 
 def _materialize(substitute: Mapping | None) -> dict | None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .stats import is_float
+from .stats.dispatch import kind_of
 
 ROOT = ""
 
@@ -189,3 +190,27 @@ def derived(token: ParamToken | None, what: str, make: Callable[[], Any]) -> Any
     if len(_DERIVED) < _DERIVED_MAX:
         _DERIVED[k] = (token, value)
     return value
+
+
+def to_host(rec: CallRecord) -> None:
+    """Replace the torch tensors a device capture left in ``rec`` with host numpy copies, in place.
+
+    A capture on an accelerator keeps activations where they were computed
+    (statistics run there); a record whose tensors are needed on the host
+    (an out-of-tolerance row, teacher forcing, diagnosis) is moved once.
+    """
+    for name in ("inputs", "outputs", "raw_inputs"):
+        leaves = getattr(rec, name, None)
+        if not leaves or not any(kind_of(v) == "torch" for v in leaves.values()):
+            continue
+        from .capture._torch import to_numpy  # only reached when torch tensors are held, so torch is imported
+
+        setattr(rec, name, {k: to_numpy(v) if kind_of(v) == "torch" else v for k, v in leaves.items()})
+
+
+def trace_to_host(trace: Trace) -> None:
+    """:func:`to_host` for every record of a trace captured on the device (nothing to do otherwise)."""
+    if trace.meta.get("on_device"):
+        for rec in trace.records:
+            to_host(rec)
+        trace.meta["on_device"] = False

@@ -18,7 +18,9 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
         import ml_dtypes
 
         return t.to(torch.float32).cpu().numpy().astype(ml_dtypes.bfloat16)
-    return t.cpu().numpy().copy()
+    if t.device.type == "cpu":
+        return t.numpy().copy()
+    return t.cpu().numpy()  # the transfer is the copy
 
 
 def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:

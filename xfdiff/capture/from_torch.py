@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,19 +41,45 @@ class CopyMemo:
     reuses its copy. Only weak references are held, so nothing lives longer.
     """
 
-    def __init__(self) -> None:
-        self._seen: dict[tuple, tuple[ParamToken, np.ndarray]] = {}
+    def __init__(self, on_device: bool = False) -> None:
+        self._seen: dict[tuple, tuple[ParamToken, Any]] = {}
+        # On the device: a detached clone stays where the tensor is (statistics run there, see DEVICE_ENV).
+        self._copy = _device_copy if on_device else to_numpy
 
-    def copy(self, t: torch.Tensor) -> np.ndarray:
+    def copy(self, t: torch.Tensor) -> Any:
         tok = tensor_token(t)
         if tok is None:  # sparse, nested, meta...: no identity to trust
             return to_numpy(t)
         hit = self._seen.get(tok.key)
         if hit is not None and hit[0].alive():
             return hit[1]
-        a = to_numpy(t)
+        a = self._copy(t)
         self._seen[tok.key] = (tok, a)
         return a
+
+
+#: ``XFDIFF_DEVICE_STATS=1`` keeps every captured activation a torch tensor on its device (CPU included,
+#: to test the device path); ``=0`` copies them all to host numpy at hook time. Unset: accelerator
+#: tensors stay on their device, CPU ones are copied to numpy (cheap there, and the host kernels are faster).
+DEVICE_ENV = "XFDIFF_DEVICE_STATS"
+
+
+def device_mode(model: torch.nn.Module) -> bool:
+    """Whether a capture of ``model`` keeps its activations on the device (see :data:`DEVICE_ENV`)."""
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if forced in ("1", "on", "true", "yes"):
+        return True
+    if forced in ("0", "off", "false", "no"):
+        return False
+    dev = model_device(model)
+    return dev is not None and dev.type not in ("cpu", "meta")
+
+
+def _device_copy(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.is_conj():
+        t = t.resolve_conj()
+    return t.clone()
 
 
 def flatten(obj: Any, prefix: tuple = (), memo: CopyMemo | None = None) -> dict[str, np.ndarray]:
@@ -144,14 +171,18 @@ def tensor_token(t: torch.Tensor) -> ParamToken | None:
         return None
 
 
-def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
-    """Turn a dict / tuple / single array of numpy, torch or jax arrays into (args, kwargs)."""
+def to_torch_inputs(inputs: Any, name: str = "inputs", device: Any = None) -> tuple[tuple, dict]:
+    """Turn a dict / tuple / single array of numpy, torch or jax arrays into (args, kwargs).
+
+    numpy and JAX arrays become tensors on ``device`` (the model's); torch tensors are passed as given.
+    """
 
     def conv(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             return v
         if isinstance(v, np.ndarray) or type(v).__module__.startswith(("jax", "jaxlib")):
-            return from_numpy(np.asarray(v))
+            t = from_numpy(np.asarray(v))
+            return t if device is None or t.device == device else t.to(device)
         if isinstance(v, (list, tuple)) and v and all(isinstance(x, (np.ndarray, torch.Tensor)) for x in v):
             return type(v)(conv(x) for x in v)
         return v
@@ -166,6 +197,15 @@ def to_torch_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
         f"{name} must be a dict (keyword arguments), a tuple (positional arguments) or one array; "
         f"got {type(inputs).__name__}."
     )
+
+
+def model_device(model: torch.nn.Module) -> torch.device | None:
+    """The device of the model's first parameter or buffer (``None`` for a model without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
 
 
 def accepts(model: Any) -> bool:
@@ -193,8 +233,9 @@ class TorchSide:
                 "Pass the PyTorch model itself (not its state_dict or a function)."
             )
         self.model = model
-        self.args, self.kwargs = to_torch_inputs(inputs)
+        self.args, self.kwargs = to_torch_inputs(inputs, device=model_device(model))
         self.modules = list(model.named_modules())
+        self.paths = [canonical_path(name) for name, _ in self.modules]
 
     def describe(self) -> str:
         return type(self.model).__name__
@@ -210,8 +251,7 @@ class TorchSide:
                 record's arrays elsewhere (bounded-memory mode spills them to disk).
         """
         trace = Trace(side="torch", framework="torch")
-        for name, mod in self.modules:
-            path = canonical_path(name)
+        for path, (_, mod) in zip(self.paths, self.modules, strict=True):
             trace.module_types[path] = type(mod).__name__
             trace.config[path] = module_config(mod)
             own = _own_tensors(mod)
@@ -224,7 +264,8 @@ class TorchSide:
         handles = []
         subst, out_subst = split_substitute(substitute)
         # Shared copies would keep spilled arrays alive: a sink gets its own copy of every leaf.
-        memo = CopyMemo() if sink is None else None
+        on_device = sink is None and device_mode(self.model)
+        memo = CopyMemo(on_device) if sink is None else None
 
         def make_pre(path: str):
             def pre(mod, args, kwargs):
@@ -279,8 +320,7 @@ class TorchSide:
 
         rng = torch.get_rng_state()
         try:
-            for name, mod in self.modules:
-                path = canonical_path(name)
+            for path, (_, mod) in zip(self.paths, self.modules, strict=True):
                 handles.append(mod.register_forward_pre_hook(make_pre(path), with_kwargs=True))
                 handles.append(mod.register_forward_hook(make_post(path), with_kwargs=True))
             with torch.no_grad():
@@ -299,6 +339,7 @@ class TorchSide:
                 "training": bool(self.model.training),
                 "torch_version": torch.__version__,
                 "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                "on_device": on_device,
             }
         )
         return trace

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import common
-from .common import FINE, HEATMAP_MAX, LOG_LO, MIN_FAST, N_FINE, PROFILE_MAX, WORST_K, pool_bins
+from .common import FINE, HEATMAP_MAX, LOG_LO, MIN_FAST, N_FINE, PROFILE_MAX, SMALL_MAX, WORST_K, pool_bins
 
 NAME = "numba"
 _BUCKETS = 1 << 15  # positive float32 values: sign bit 0, then 8 exponent bits and 7 mantissa bits
@@ -177,6 +177,153 @@ def _kernel():
     return measure_rows, sums_of, sums_of_finite
 
 
+@functools.lru_cache(maxsize=1)
+def _small_kernel():
+    numba = _numba()
+
+    @numba.njit(cache=True, nogil=True)
+    def measure_small(
+        r, p, atol, rtol, detail, k, samp, row_bin, n_rb, col_bin, n_cb, prof_bin, n_pb, n_hist
+    ):  # pragma: no cover - compiled
+        rows, cols = r.shape
+        n = rows * cols
+        d = np.empty(n, np.float64)
+        s_abs = 0.0
+        s_rr = 0.0
+        s_dd = 0.0
+        s_pp = 0.0
+        mx = 0.0
+        need = 0.0
+        outside = 0
+        for i in range(rows):
+            for j in range(cols):
+                x = np.float64(r[i, j])
+                y = np.float64(p[i, j])
+                if not (np.isfinite(x) and np.isfinite(y)):
+                    return (
+                        False,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0.0,
+                        0,
+                        0,
+                        np.zeros(0, np.int64),
+                        np.zeros((0, 0), np.float32),
+                        np.zeros(0, np.float32),
+                        np.zeros(0),
+                        np.zeros(0, np.int64),
+                        np.zeros(0, np.int64),
+                    )
+                ad = abs(y - x)
+                ar = rtol * abs(x)
+                d[i * cols + j] = ad
+                s_abs += ad
+                s_rr += x * x
+                s_dd += ad * ad
+                s_pp += y * y
+                mx = ad if ad > mx else mx
+                t = ad - ar
+                need = t if t > need else need
+                if ad > atol + ar:
+                    outside += 1
+        if not detail:
+            return (
+                True,
+                s_abs,
+                s_rr,
+                s_dd,
+                s_pp,
+                mx,
+                need,
+                outside,
+                0,
+                np.zeros(0, np.int64),
+                np.zeros((0, 0), np.float32),
+                np.zeros(0, np.float32),
+                np.zeros(0),
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+            )
+        # the k largest errors, largest first (the earlier index first among equal ones)
+        topv = np.full(k, -1.0)
+        topi = np.zeros(k, np.int64)
+        n_exact = 0
+        lo_pos = np.inf
+        heat = np.zeros((n_rb, n_cb), np.float32)
+        profile = np.zeros(n_pb, np.float32)
+        for i in range(rows):
+            rb = row_bin[i]
+            for j in range(cols):
+                f = i * cols + j
+                v = d[f]
+                if v == 0.0:
+                    n_exact += 1
+                elif v < lo_pos:
+                    lo_pos = v
+                v32 = np.float32(v)
+                cb = col_bin[j]
+                if v32 > heat[rb, cb]:
+                    heat[rb, cb] = v32
+                pb = prof_bin[j]
+                if v32 > profile[pb]:
+                    profile[pb] = v32
+                if v > topv[k - 1]:
+                    m = k - 1
+                    while m > 0 and topv[m - 1] < v:
+                        topv[m] = topv[m - 1]
+                        topi[m] = topi[m - 1]
+                        m -= 1
+                    topv[m] = v
+                    topi[m] = f
+        # log10 |error| over whole decades, binned as np.histogram bins it (edges as np.linspace builds them)
+        counts = np.zeros(n_hist, np.int64)
+        edges = np.empty(n_hist + 1)
+        if n_exact < n:
+            lo = np.floor(np.log10(max(lo_pos, 1e-30)))
+            hi = np.ceil(np.log10(max(mx, 1e-30)))
+            hi = max(hi, lo + 1.0)
+            step = (hi - lo) / n_hist
+            for b in range(n_hist):
+                edges[b] = b * step + lo
+            edges[n_hist] = hi
+            for f in range(n):
+                v = d[f]
+                if v > 0.0:
+                    x = np.log10(max(v, 1e-30))
+                    b = int((x - lo) / (hi - lo) * n_hist)
+                    if b == n_hist:
+                        b -= 1
+                    if x < edges[b]:
+                        b -= 1
+                    if x >= edges[b + 1] and b != n_hist - 1:
+                        b += 1
+                    counts[b] += 1
+        # the scatter sample: the sorted sample merged with the five worst positions
+        w = np.sort(topi[: min(5, k)])
+        idx = np.empty(samp.size + w.size, np.int64)
+        a = 0
+        b = 0
+        m = 0
+        last = -1
+        while a < samp.size or b < w.size:
+            if b >= w.size or (a < samp.size and samp[a] <= w[b]):
+                c = samp[a]
+                a += 1
+            else:
+                c = w[b]
+                b += 1
+            if c != last:
+                idx[m] = c
+                m += 1
+                last = c
+        return (True, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, topi, heat, profile, edges, counts, idx[:m])
+
+    return measure_small
+
+
 @functools.lru_cache(maxsize=4)
 def bucket_tables(log_lo: int, fine_per_decade: int, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
     """``(base, edge)`` per float32 bucket: its first value's fine bin, and where the next bin starts.
@@ -252,20 +399,33 @@ def measure(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail: bo
 
 
 def takes(ref: Any, port: Any) -> bool:
-    """Whether this backend measures the pair: float32 numpy arrays of one shape, not tiny, one block at most."""
+    """Whether the row pass measures the pair: float32 numpy arrays of one shape, past SMALL_MAX, one block at most."""
     return (
         isinstance(ref, np.ndarray)
         and isinstance(port, np.ndarray)
         and ref.dtype == np.float32
         and port.dtype == np.float32
         and ref.shape == port.shape
-        and MIN_FAST <= ref.size <= common.BLOCK
+        and SMALL_MAX < ref.size <= common.BLOCK
         and available()
     )
 
 
 def compare(ref: Any, port: Any, atol: float, rtol: float, detail: bool, seed: int):
-    """``(Stats, detail or None)``, or ``None`` to decline (see :func:`takes`; any non-finite value)."""
+    """``(Stats, detail or None)``, or ``None`` to decline (see :func:`takes`; any non-finite value).
+
+    Arrays up to :data:`~xfdiff.stats.common.SMALL_MAX` elements take :func:`compare_small`.
+    """
+    if (
+        type(ref) is np.ndarray
+        and type(port) is np.ndarray
+        and 0 < ref.size <= SMALL_MAX
+        and ref.dtype == np.float32
+        and port.dtype == np.float32
+        and ref.shape == port.shape
+        and available()
+    ):
+        return compare_small(ref, port, atol, rtol, detail, seed)
     if not takes(ref, port):
         return None
     return compare_2d(
@@ -326,6 +486,86 @@ def compare_2d(r2: np.ndarray, p2: np.ndarray, atol: float, rtol: float, detail:
         return r2.reshape(-1)[idx].astype(np.float32), p2.reshape(-1)[idx].astype(np.float32)
 
     return stats, common.detail_from([(0, part)], shape, seed, gather)
+
+
+@functools.lru_cache(maxsize=512)
+def _small_layout(shape: tuple, seed: int) -> tuple:
+    """The small pass's shape-only arguments (worst count, scatter sample, pooling bins), once per shape."""
+    rows, cols = common.shape2d(shape)
+    n = rows * cols
+    return (
+        rows,
+        cols,
+        n,
+        (
+            min(WORST_K, n),
+            common.sample(n, seed),
+            pool_bins(rows, HEATMAP_MAX),
+            min(rows, HEATMAP_MAX),
+            pool_bins(cols, HEATMAP_MAX),
+            min(cols, HEATMAP_MAX),
+            pool_bins(cols, PROFILE_MAX),
+            min(cols, PROFILE_MAX),
+            common.HIST_BINS,
+        ),
+    )
+
+
+def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, detail: bool, seed: int):
+    """:func:`compare` of a small finite float32 pair in one compiled float64 pass; ``None`` when non-finite.
+
+    The per-row cost of a deep narrow model (thousands of elements per
+    activation) is call overhead, not arithmetic: here the statistics and
+    the whole detail (worst elements, histogram, heatmap, profile, scatter
+    sample) come from one kernel call, with the numpy reference's binning.
+    """
+    shape = ref.shape
+    rows, cols, n, layout = _small_layout(shape, seed)
+    got = _small_kernel()(
+        np.ascontiguousarray(ref).reshape(rows, cols),
+        np.ascontiguousarray(port).reshape(rows, cols),
+        float(atol),
+        float(rtol),
+        bool(detail),
+        *layout,
+    )
+    finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, worst, heat, profile, edges, counts, idx = got
+    if not finite:
+        return None
+    nr, nd, npn = np.sqrt(s_rr), np.sqrt(s_dd), np.sqrt(s_pp)
+    if nr > 0 and npn > 0:
+        cosine = 1.0 - (s_dd - (nr - npn) ** 2) / (2.0 * nr * npn)  # no cancellation near cos = 1
+    else:
+        cosine = 1.0 if nd == 0 else 0.0
+    stats = common.Stats(
+        max_abs=float(mx),
+        mean_abs=float(s_abs / n),
+        rel_l2=float(nd / nr if nr > 0 else (0.0 if nd == 0 else np.inf)),
+        cosine=float(min(max(cosine, -1.0), 1.0)),
+        n_nonfinite=0,
+        nonfinite_mismatch=0,
+        frac_outside=outside / n,
+        tol_needed=float(need),
+        size=n,
+    )
+    if not detail:
+        return stats, None
+    fr, fp = ref.reshape(-1), port.reshape(-1)
+    det = {
+        "shape": np.asarray(shape, dtype=np.int64),
+        "worst_index": worst,
+        "worst_ref": fr[worst].astype(np.float64),
+        "worst_port": fp[worst].astype(np.float64),
+    }
+    if n_exact < n:
+        det["hist_edges"] = edges  # as np.linspace(lo, hi, HIST_BINS + 1) builds them
+        det["hist_counts"] = counts
+    det["n_exact"] = np.asarray(n_exact)
+    det["profile"] = profile
+    det["heatmap"] = heat
+    det["scatter_ref"] = fr[idx]
+    det["scatter_port"] = fp[idx]
+    return stats, det
 
 
 def fingerprint_sums(a: Any) -> tuple[int, float, float, float, float] | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,13 @@ def _as_tensors(ref: Any, port: Any):
         if not isinstance(x, torch.Tensor):
             if not (isinstance(x, np.ndarray) and x.dtype.kind == "f"):
                 return None
-            x = torch.from_numpy(np.ascontiguousarray(x))
+            x = np.ascontiguousarray(x)
+            if x.flags.writeable:
+                x = torch.from_numpy(x)
+            else:  # only read here: torch's warning about read-only arrays does not apply
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    x = torch.from_numpy(x)
         if not x.dtype.is_floating_point:
             return None
         out.append(x.detach().to(dev))

@@ -38,8 +38,11 @@ WORST_K = 10
 
 # --- the compiled backends' grid and sizes --------------------------------------------
 
-#: numpy arrays smaller than this stay on the numpy backend (a compiled call costs more).
+#: numpy arrays smaller than this skip the blocked compiled kernels (a call costs more than the arithmetic).
 MIN_FAST = 1 << 15
+#: float32 numpy arrays up to this size are measured, detail and all, by one small compiled call (numba);
+#: from here up to MIN_FAST by the numba row pass.
+SMALL_MAX = 1 << 13
 #: Elements per kernel call; bounds a call's temporaries (16 MiB of float32).
 BLOCK = 1 << 22
 #: Histogram bins per decade of |error| on the fixed fine grid, and the grid's range (float32 spans it).
