@@ -26,11 +26,59 @@ def make_pair(name: str, seed: int = 0):
     cfg = cfg_cls(**cfg_kw)
     torch.manual_seed(seed)
     pt = pt_cls(cfg).eval()
+    if name in CONVNETS:
+        trained_norms_(pt, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fx = fx_cls(cfg, seed=seed)
-        fx.params = convert(pt.state_dict(), fx)
+        fx.params = converted_params(pt, fx, convert)
     return pt, fx, inputs
+
+
+def converted_params(pt, fx, convert) -> dict:
+    """``convert_pytorch_state_dict_to_flax`` laid onto the Flax model's own parameter tree.
+
+    The converter names some entries unlike the Flax modules of convnets
+    (``layer.0`` for ``layer_0``, ``kernel`` for a BatchNorm ``scale``); each
+    expected entry is looked up by its canonical path, then by its sibling of
+    the same shape.
+    """
+    import re
+
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    canon = lambda key: tuple(re.sub(r"^[a-z]+_(\d+)$", r"\1", str(k)) for k in key)  # noqa: E731
+    state = pt.state_dict()
+    got = {canon(k): v for k, v in flatten_dict(convert(state, fx)).items()}
+    want = flatten_dict(fx.params)
+    out = {}
+    for key, ref in want.items():
+        v = got.get(canon(key))
+        if v is None and ".".join(canon(key)) in state:  # left out by the converter (masked_spec_embed)
+            v = state[".".join(canon(key))].detach().numpy()
+        if v is None:
+            v = next(
+                got[k] for k in got if k[:-1] == canon(key)[:-1] and np.shape(got[k]) == np.shape(ref) and k not in out
+            )
+        out[key] = v
+    return unflatten_dict(out)
+
+
+def trained_norms_(pt, seed: int = 0) -> None:
+    """BatchNorm scales and running statistics away from their initial 1 and 0, as after training."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in [*pt.named_parameters(), *pt.named_buffers()]:
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith(("running_mean", "normalization.bias")):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif name.endswith("normalization.weight"):
+                t.copy_(1.0 + torch.randn(t.shape, generator=g) * 0.1)
 
 
 def _ids(vocab: int = 90, shape=(2, 8), seed: int = 0) -> np.ndarray:
@@ -41,7 +89,35 @@ def _text(ids):
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
+def _pixels(size: int = 32) -> dict:
+    return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)}
+
+
+CONV = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+CONVNETS = ("resnet-basic", "resnet-bottleneck", "regnet")
+
 SPECS = {
+    "resnet-basic": lambda T: (
+        T.ResNetConfig,
+        T.ResNetForImageClassification,
+        T.FlaxResNetForImageClassification,
+        dict(layer_type="basic", **CONV),
+        _pixels(),
+    ),
+    "resnet-bottleneck": lambda T: (
+        T.ResNetConfig,
+        T.ResNetForImageClassification,
+        T.FlaxResNetForImageClassification,
+        dict(layer_type="bottleneck", **CONV),
+        _pixels(),
+    ),
+    "regnet": lambda T: (
+        T.RegNetConfig,
+        T.RegNetForImageClassification,
+        T.FlaxRegNetForImageClassification,
+        dict(groups_width=4, **CONV),
+        _pixels(),
+    ),
     "bert": lambda T: (
         T.BertConfig,
         T.BertModel,

@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 import re
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 
 import numpy as np
 
+from .align_values import pair_by_values
 from .report import Unmatched
 from .stats import fingerprint_sums
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
@@ -40,6 +41,8 @@ class Alignment:
     confidence: dict[str, float] = field(default_factory=dict)
     unmatched: list[Unmatched] = field(default_factory=list)
     offset: dict[str, int] = field(default_factory=dict)  # torch path -> first flax call index
+    # torch modules that are part of another (a weight-norm parametrization -> the layer it belongs to)
+    absorbed: dict[str, str] = field(default_factory=dict)
 
     def add(self, a: str, b: str, how: str, conf: float) -> None:
         self.pairs[a] = b
@@ -218,7 +221,8 @@ def _ancestors(path: str) -> list[str]:
 def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Alignment:
     """Pair the called modules of ``ta`` (torch side) with those of ``tb`` (flax side)."""
     al = Alignment()
-    pa_paths = ta.paths()
+    ta, al.absorbed = fold_parametrizations(ta)
+    pa_paths = [p for p in ta.paths() if p not in al.absorbed]
     pb_paths = tb.paths()
     set_b = set(pb_paths)
     # Weights a called module holds as parts of its own, named by the adapter (a Keras layer's
@@ -236,10 +240,44 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
         if a in set(pa_paths) and b in set_b:
             al.add(a, b, "mapping", 1.0)
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
+    _pair_same_path(ta, tb, pa_paths, pb_paths, al)
+    pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
     _list_unmatched(ta, tb, pa_paths, pb_paths, al)
     return al
+
+
+def parametrization_owner(path: str) -> str | None:
+    """The module a PyTorch parametrization belongs to (``conv.parametrizations.weight.0`` -> ``conv``)."""
+    if path.startswith("parametrizations."):
+        return ROOT
+    head, sep, _ = path.partition(".parametrizations.")
+    return head if sep else None
+
+
+def fold_parametrizations(ta: Trace) -> tuple[Trace, dict[str, str]]:
+    """A view of ``ta`` in which each parametrization's parameters belong to the module that owns it.
+
+    ``weight_norm(conv)`` moves the weight into ``conv.parametrizations.weight``
+    (``original0`` = g, ``original1`` = v); a port keeps both in its conv
+    (``weight_g``, ``weight_v``). Folded, the conv is identified by all its
+    values, and the parametrization modules are pairs of nobody.
+    """
+    owners = {p: o for p in ta.paths() if (o := parametrization_owner(p)) is not None}
+    if not owners:
+        return ta, {}
+    params = {p: dict(v) for p, v in ta.params.items() if p not in owners}
+    tokens = {p: dict(v) for p, v in ta.param_tokens.items() if p not in owners}
+    for p, owner in owners.items():
+        local = p[len(owner) + 1 :] if owner else p
+        local = local.removeprefix("parametrizations.")
+        for name, v in ta.params.get(p, {}).items():
+            params.setdefault(owner, {})[f"{local}.{name}"] = v
+            tok = ta.param_tokens.get(p, {}).get(name)
+            if tok is not None:
+                tokens.setdefault(owner, {})[f"{local}.{name}"] = tok
+    return replace(ta, params=params, param_tokens=tokens), owners
 
 
 # Recent results of _pair_parametrised, keyed by everything they depend on (see _memo_key).
@@ -351,6 +389,22 @@ def _pair_parametrised_now(ta: Trace, tb: Trace, A: list[str], B: list[str], al:
         used_b.add(b)
     _pair_by_order(ta, tb, A, B, al)
     _pair_tied(ta, tb, A, fa, fb, al)
+
+
+def _pair_same_path(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
+    """A module with parameters whose port of the same path holds none (a tied decoder applied
+    with the embedding's matrix, a kernel passed in): the path and output shape decide."""
+    from .layout import candidates
+
+    taken = set(al.pairs.values())
+    set_b = {b for b in pb_paths if b not in taken and not tb.params.get(b)}
+    for a in pa_paths:
+        if a in al.pairs or a not in set_b or not ta.params.get(a):
+            continue
+        sa, sb = _first_shape(ta, a), _first_shape(tb, a)
+        if sa is not None and sb is not None and candidates(sa, sb):
+            al.add(a, a, "name (port holds no parameters)", 0.6)
+            set_b.discard(a)
 
 
 def _pair_tied(ta: Trace, tb: Trace, A: list[str], fa: dict, fb: dict, al: Alignment) -> None:
@@ -495,9 +549,10 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
         free = list(lb)
         # 1) same last name or same type
         for a in list(la):
-            ta_last = tokens(a)[-1] if a else ""
+            # the whole last component: ``first_dropout`` is not ``last_dropout``
+            ta_last = a.rsplit(".", 1)[-1].lower()
             for b in free:
-                tb_last = tokens(b)[-1] if b else ""
+                tb_last = b.rsplit(".", 1)[-1].lower()
                 same_name = ta_last == tb_last and not ta_last.isdigit()
                 same_type = ta.module_types.get(a, "").lower() == tb.module_types.get(b, "").lower()
                 if (same_name or same_type and a.count(".") - b.count(".") in (-1, 0, 1)) and _first_shape(

@@ -19,6 +19,7 @@ from .localize import assign_blame, localize
 from .report import Report
 from .rows import Match, call_pairs, make_row
 from .runs import CallQueue, open_store, port_run
+from .splice import finish
 from .stats import Tolerance, as_tolerance
 from .trace import CallRecord, Trace
 from .verdict import judge, settle
@@ -106,6 +107,7 @@ def compare(
         if diagnose:
             prog.step("diagnosing")
             report.findings += _diagnose(ev, report)
+        finish(ev, sides.port, report, splice=local and bool(ev.rows))
         settle(report)
     prog.done()
     return report
@@ -274,7 +276,7 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
     ts, fs = sides.torch_flax
     al, tol = ev.alignment, ev.tolerance
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
-    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and p in al.pairs)
+    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and al.absorbed.get(p, p) in al.pairs)
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
         "reference": ev.reference,

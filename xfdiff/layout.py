@@ -14,7 +14,7 @@ the *port's* layout. The activation transforms:
 ``BHTD<->BTHD``                heads axis before or after the time axis
 ``merge_leading`` / ``split_leading``  ``(B, T, H)`` <-> ``(B*T, H)``
 ``squeeze``                    only axes of size 1 differ
-``broadcast`` / ``unbroadcast``   ``(1, S, H)`` <-> ``(B, S, H)``
+``broadcast`` / ``unbroadcast``   ``(1, S, H)`` or ``(S, H)`` <-> ``(B, S, H)``
 ``flatten(NCHW->NHWC)`` / back  a flattened feature map in the other order
 ============================  =============================================
 
@@ -112,8 +112,28 @@ def _reshapes(rs: tuple, ps: tuple) -> list[Transform]:
     return out
 
 
+def _leading_broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
+    """One side lacks leading axes the other repeats over: ``(S, H)`` <-> ``(B, S, H)``."""
+    if len(rs) < len(ps) and ps[len(ps) - len(rs) :] == rs:
+        k = len(ps) - len(rs)
+        return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[(0,) * k])]
+    if len(ps) < len(rs) and rs[len(rs) - len(ps) :] == ps:
+        k = len(rs) - len(ps)
+        return [
+            Transform(
+                "unbroadcast",
+                lambda a: a[(0,) * k],
+                lambda a: np.broadcast_to(a, rs),
+                valid=lambda a: bool(np.array_equal(np.broadcast_to(a[(0,) * k], a.shape), a, equal_nan=True)),
+            )
+        ]
+    return []
+
+
 def _broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
-    if len(rs) != len(ps) or rs == ps:
+    if len(rs) != len(ps):
+        return _leading_broadcasts(rs, ps)
+    if rs == ps:
         return []
     if all(r == p or r == 1 for r, p in zip(rs, ps, strict=True)):
         return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[tuple(slice(0, n) for n in rs)])]
@@ -239,7 +259,8 @@ def _param_views(ref: np.ndarray) -> list[tuple[str, np.ndarray]]:
         views.append(("transpose", ref.T))
     if ref.ndim in _CONV:
         perm, name = _CONV[ref.ndim]
-        views.append((name, ref.transpose(perm)))
+        # A 1x1 2-D/3-D kernel is both a transpose and a kernel layout change: name it a kernel.
+        views.insert(1 if ref.ndim > 3 else 2, (name, ref.transpose(perm)))
     return views
 
 

@@ -76,6 +76,18 @@ class LayerDiff:
     note: str = ""
     floor: float | None = None
     floor_error: float | None = None
+    # splice confirmation (xfdiff.splice): the final output's max_abs with this row's output
+    # replaced by the reference's, the share of the final error that removes, and the share
+    # the suggested fix removes (its finding's recomputation spliced in instead)
+    splice_final_after: float | None = None
+    splice_share: float | None = None
+    fix_share: float | None = None
+    # the final row when it holds logits over a vocabulary (xfdiff.lm_metrics)
+    lm_kl_mean: float | None = None
+    lm_kl_max: float | None = None
+    lm_top1: float | None = None
+    lm_top5: float | None = None
+    lm_near_ties: int | None = None
     detail: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     local_detail: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -118,6 +130,9 @@ class Finding:
     fix: str = ""
     call_index: int = 0
     confidence: str = "confirmed"
+    splice_share: float | None = None  # share of the final error removed by the reference's output here
+    fix_share: float | None = None  # share removed by the port's output recomputed under the fix
+    fix_final_after: float | None = None  # the final output's max_abs with the fix spliced in
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -206,6 +221,23 @@ class Report:
         """True when any aligned layer (or the final output) is outside tolerance."""
         final_bad = self.final is not None and self.final.status != "ok"
         return final_bad or any(lyr.status in ("diverged", "nonfinite", "shape_mismatch") for lyr in self.layers)
+
+    @property
+    def splice(self) -> dict[str, Any] | None:
+        """Splice confirmation of the out-of-tolerance sites (:mod:`xfdiff.splice`), or None.
+
+        Keys: ``final_before`` (the final output's max_abs), ``sites`` (labels,
+        in order), ``first_suffices`` (replacing the first divergence's output
+        brings the final output within tolerance), ``sufficient_set`` (the
+        sites whose outputs together do, or None), ``set_final_after``,
+        ``runs`` and ``seconds`` (the re-runs' cost).
+        """
+        return self.meta.get("splice")
+
+    @property
+    def lm(self) -> dict[str, Any] | None:
+        """Language-model metrics at the final logits (:mod:`xfdiff.lm_metrics`), or None."""
+        return self.meta.get("lm")
 
     @property
     def reference(self) -> str:

@@ -287,6 +287,9 @@ def _doc_to_report(path, doc: Any, arrays: dict[str, np.ndarray]) -> Report:
                     "fix",
                     "call_index",
                     "confidence",
+                    "splice_share",
+                    "fix_share",
+                    "fix_final_after",
                 )
                 if k in f
             }

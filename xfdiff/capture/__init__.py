@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from ._common import leaf_key
+from ._common import is_output_leaf, leaf_key, split_substitute
 from .base import Substitute
 
-__all__ = ["Substitute", "leaf_key"]
+__all__ = ["Substitute", "is_output_leaf", "leaf_key", "split_substitute"]

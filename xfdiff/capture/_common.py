@@ -24,6 +24,29 @@ def leaf_key(parts) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def is_output_leaf(key: str) -> bool:
+    """True for a substitution key that names an output leaf (``out``, ``out.0`` ...)."""
+    return key == "out" or key.startswith("out.")
+
+
+def split_substitute(substitute: Any) -> tuple[dict, dict]:
+    """``(input substitutions, output substitutions)`` of a :data:`~xfdiff.capture.base.Substitute`.
+
+    Output leaves (keys ``out`` / ``out.*``) replace what a call returns, so everything
+    downstream sees the given values (splicing, :mod:`xfdiff.splice`).
+    """
+    ins: dict = {}
+    outs: dict = {}
+    for key, leaves in (substitute or {}).items():
+        i = {k: v for k, v in leaves.items() if not is_output_leaf(k)}
+        o = {k: v for k, v in leaves.items() if is_output_leaf(k)}
+        if i:
+            ins[key] = i
+        if o:
+            outs[key] = o
+    return ins, outs
+
+
 def function_name(fn: Any) -> str | None:
     """``gelu``; a partial with scalar keywords as ``gelu(approximate=False)``; None when nameless."""
     if isinstance(fn, functools.partial):

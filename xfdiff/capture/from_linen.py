@@ -36,7 +36,7 @@ from flax import linen as nn
 
 from ..errors import CaptureError, InternalError, ModelTypeError
 from ..trace import CallRecord, Trace, canonical_path
-from ._common import config_of
+from ._common import config_of, is_output_leaf
 from ._jax import CONCRETE_ERRORS, add_param, flatten_leaves, is_array, replace_leaves, to_host, to_jax_inputs
 from ._linen_calls import Calls, Static, batch_axes, fetch_at_run_time, group_start, host_calls, inner_tracer
 from .base import Substitute
@@ -232,8 +232,8 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
                     s = dict(zip(keys, forced, strict=True))
                     a, kw = replace_leaves(tuple(a), ("args",), s), replace_leaves(dict(kw), ("kwargs",), s)
                     ins = {**flatten_leaves(a, ("args",)), **flatten_leaves(kw, ("kwargs",))}
-            elif sub_keys.get((path, idx)):
-                keys = sub_keys[(path, idx)]
+            elif [k for k in sub_keys.get((path, idx), ()) if not is_output_leaf(k)]:
+                keys = [k for k in sub_keys[(path, idx)] if not is_output_leaf(k)]
                 raw = {k: v for k, v in ins.items() if k in keys}
                 s = {k: svals[f"{path}#{idx}#{k}"] for k in keys}
                 a = replace_leaves(tuple(a), ("args",), s)
@@ -277,6 +277,9 @@ def _make_run(call, leaves, treedef, dyn_idx, sub_keys, record_outputs, on_call,
                 out = next_fun(*a2, **kw2)  # the user's code: its exceptions pass through untouched
             finally:
                 stack.pop()
+            out_keys = [k for k in sub_keys.get((path, idx), ()) if is_output_leaf(k)]
+            if out_keys and not inner:  # splicing: downstream code sees the given values
+                out = replace_leaves(out, ("out",), {k: svals[f"{path}#{idx}#{k}"] for k in out_keys})
             try:
                 finish(mod, name, path, idx, ins, raw, out, inner, note)
             except Exception as e:
@@ -304,11 +307,13 @@ class LinenSide:
     def __init__(self, model: Any, inputs: Any, jit: bool = True):
         if is_hf_flax(model):
             self.module = model.module
-            self.variables = {"params": model.params}
+            # Models with batch statistics (ResNet, RegNet) keep every collection in ``model.params``.
+            whole = isinstance(model.params, Mapping) and {"params", "batch_stats"} <= set(model.params)
+            self.variables = dict(model.params) if whole else {"params": model.params}
             hf = weakref.ref(model)  # the jit cache below must not keep the model (and its params) alive
 
             def call(variables, args, kwargs):
-                return hf()(*args, params=variables["params"], **kwargs)
+                return hf()(*args, params=variables if whole else variables["params"], **kwargs)
 
             self.call: Callable = call
             self.label = type(model).__name__

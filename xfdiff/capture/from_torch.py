@@ -14,6 +14,7 @@ Design notes:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import CaptureError, InputError, ModelTypeError
 from ..trace import CallRecord, ParamToken, Trace, canonical_path
-from ._common import leaf_key
+from ._common import leaf_key, split_substitute
 from ._torch import from_numpy, to_numpy
 from .base import Substitute
 
@@ -86,6 +87,11 @@ def _replace(obj: Any, prefix: tuple, subst: dict[str, np.ndarray]) -> Any:
         return [_replace(v, prefix + (i,), subst) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
         return {k: _replace(v, prefix + (k,), subst) for k, v in obj.items()}
+    if isinstance(obj, Mapping) and hasattr(obj, "__setitem__"):  # a ModelOutput: keep its class
+        new = copy.copy(obj)
+        for k, v in obj.items():
+            new[k] = _replace(v, prefix + (k,), subst)
+        return new
     return obj
 
 
@@ -197,7 +203,8 @@ class TorchSide:
         """Run the model once with hooks on every module.
 
         Args:
-            substitute: teacher-forcing inputs ``{(path, index): {leaf: array}}``.
+            substitute: teacher-forcing values ``{(path, index): {leaf: array}}``: input
+                leaves (``args.*`` / ``kwargs.*``) or output leaves (``out.*``, splicing).
             record_outputs: record output leaves.
             sink: called with each record as its call completes; it may move the
                 record's arrays elsewhere (bounded-memory mode spills them to disk).
@@ -215,7 +222,7 @@ class TorchSide:
         counters: dict[str, int] = {}
         pending: dict[int, list] = {}
         handles = []
-        subst = substitute or {}
+        subst, out_subst = split_substitute(substitute)
         # Shared copies would keep spilled arrays alive: a sink gets its own copy of every leaf.
         memo = CopyMemo() if sink is None else None
 
@@ -247,6 +254,13 @@ class TorchSide:
                 if not stack:
                     return None
                 rec = stack.pop()
+                new = None
+                s = out_subst.get((path, rec.call_index))
+                if s:  # splicing: this call hands the given values downstream in place of its own
+                    try:
+                        new = output = _replace(output, ("out",), s)
+                    except Exception as e:
+                        rec.error = f"output substitution failed: {type(e).__name__}: {e}"
                 try:
                     if record_outputs:
                         rec.outputs = flatten(output, ("out",), memo)
@@ -259,7 +273,7 @@ class TorchSide:
                         sink(rec)
                     except Exception as e:  # e.g. a full disk: keep the arrays, say so
                         rec.error = f"spilling failed: {type(e).__name__}: {e}"
-                return None
+                return new
 
             return post
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..tap import _active, set_recorder
 from ..trace import CallRecord, Trace, canonical_path
+from ._common import is_output_leaf
 from ._jax import CONCRETE_ERRORS, flatten_leaves, replace_leaves
 from .base import Substitute
 
@@ -91,7 +92,9 @@ class Recorder:
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as the call ``path``: force inputs, record both sides."""
         idx = self._next(path)
-        keys = self.sub_keys.get((path, idx))
+        keys = self.sub_keys.get((path, idx), ())
+        out_keys = [k for k in keys if is_output_leaf(k)]
+        keys = [k for k in keys if not is_output_leaf(k)]
         raw = {}
         if keys:
             own = {**flatten_leaves(args, ("args",), skip), **flatten_leaves(kwargs, ("kwargs",), skip)}
@@ -109,6 +112,7 @@ class Recorder:
             self.stack.pop()
             if owner is not None:
                 self.scope.pop()
+        out = self._splice(path, idx, out_keys, out, skip)
         outs = flatten_leaves(out, ("out",), skip) if self.record_outputs else {}
         self._emit((path, typ, method, cfg, idx), ins, outs, raw)
         return out
@@ -130,9 +134,16 @@ class Recorder:
     def value(self, path: str, value: Any) -> Any:
         """Record ``value`` as the output of the call ``path`` (no inputs)."""
         idx = self._next(path)
+        value = self._splice(path, idx, [k for k in self.sub_keys.get((path, idx), ()) if is_output_leaf(k)], value)
         outs = flatten_leaves(value, ("out",)) if self.record_outputs else {}
         self._emit((path, "tap", "__call__", {}, idx), {}, outs, {})
         return value
+
+    def _splice(self, path: str, idx: int, out_keys: list, out: Any, skip=None) -> Any:
+        """``out`` with the output leaves given for this call replaced (splicing)."""
+        if not out_keys:
+            return out
+        return replace_leaves(out, ("out",), {k: self.svals[f"{path}#{idx}#{k}"] for k in out_keys}, skip)
 
     def inside(self, owner: Any) -> bool:
         """True while ``owner``'s own call is running (a ``super().__call__`` is not a new call)."""

@@ -70,7 +70,8 @@ def detect_gelu(site: Site):
             }
         )
         msg = f"The port applies the {GELU_NAMES[v_port]} GELU where the reference uses the {GELU_NAMES[v_ref]} one."
-        return site.finding("gelu_approximate", msg, ev, {s: GELU_FIX[s][v_ref] for s in GELU_FIX})
+        fix = {s: GELU_FIX[s][v_ref] for s in GELU_FIX}
+        return site.finding("gelu_approximate", msg, ev, fix, fixed=lambda x, v=v_ref: gelu(x, v))
     return None
 
 

@@ -294,7 +294,7 @@ def _eps_finding(site, n, v_ref, v_port, ev):
     )
     name = _layer_name(v_ref)
     fix = {"flax": f"nn.{name}(epsilon={v_ref.eps:g})", "torch": f"nn.{name}(normalized_shape, eps={v_ref.eps:g})"}
-    return site.finding("norm_epsilon", msg, ev, fix)
+    return site.finding("norm_epsilon", msg, ev, fix, fixed=lambda x: n.compute(v_ref, x))
 
 
 def _ddof_finding(site, n, v_ref, v_port, ev):
@@ -327,7 +327,7 @@ def _ddof_finding(site, n, v_ref, v_port, ev):
             "flax": "(x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + eps)  # biased, eps inside",
             "torch": "(x - mean) * torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + eps)",
         }
-    return site.finding("std_ddof", msg, ev, fix)
+    return site.finding("std_ddof", msg, ev, fix, fixed=lambda x: n.compute(v_ref, x))
 
 
 def _rsqrt_finding(site, n, v_ref, v_port, ev):
@@ -340,7 +340,7 @@ def _rsqrt_finding(site, n, v_ref, v_port, ev):
         "flax": "compute jax.lax.rsqrt(var + eps) in float32 and keep it there (no cast before multiplying)",
         "torch": "compute torch.rsqrt(var + eps) in float32 (x.float()) and cast only the result",
     }
-    return site.finding("rsqrt", msg, ev, fix)
+    return site.finding("rsqrt", msg, ev, fix, fixed=lambda x: n.compute(v_ref, x))
 
 
 def _fast_finding(site, n, v_ref, v_port, ev):
@@ -353,7 +353,7 @@ def _fast_finding(site, n, v_ref, v_port, ev):
         f"rows with a large mean (mean²/var up to {ratio.max():.3g}) lose precision to cancellation."
     )
     fix = {"flax": "nn.LayerNorm(use_fast_variance=False)", "torch": "var = ((x - mean) ** 2).mean(-1)  # two-pass"}
-    return site.finding("fast_variance", msg, ev, fix)
+    return site.finding("fast_variance", msg, ev, fix, fixed=lambda x: n.compute(v_ref, x))
 
 
 def _plus_one_finding(site, n, v_ref, v_port, ev):
@@ -368,7 +368,7 @@ def _plus_one_finding(site, n, v_ref, v_port, ev):
     else:
         msg = "The port's RMSNorm scales by (1 + weight) where the reference scales by the weight itself."
         fix = {"flax": "compute x_hat * scale (drop the 1 +)", "torch": "return x_hat * self.weight"}
-    return site.finding("rmsnorm_one_plus", msg, ev, fix)
+    return site.finding("rmsnorm_one_plus", msg, ev, fix, fixed=lambda x: n.compute(v_ref, x))
 
 
 _FINDERS = {

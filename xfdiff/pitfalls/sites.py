@@ -131,12 +131,15 @@ class Site:
         evidence: dict[str, Any],
         fix: dict[str, str] | str,
         confidence: str = "confirmed",
+        fixed: Any = None,
     ) -> Finding:
+        """A finding at this site; ``fixed(x)`` (call sites) recomputes the output under the fix
+        from the main input ``x`` in PyTorch layout (:mod:`xfdiff.splice` splices it in)."""
         lyr = self.row.layer
         fx = fix if isinstance(fix, str) else fix.get(self.port, "")
         ev = {"site": self.kind, **({"where": self.target} if self.target else {})}
         ev.update({k: _clean(v) for k, v in evidence.items()})
-        return Finding(
+        f = Finding(
             pitfall=pitfall,
             torch_path=lyr.torch_path,
             flax_path=lyr.flax_path,
@@ -146,6 +149,9 @@ class Site:
             call_index=lyr.call_index,
             confidence=confidence,
         )
+        if fixed is not None and self.kind == "call":
+            f._fixed = fixed  # not saved: used while the comparison's models are at hand
+        return f
 
 
 def _clean(v: Any) -> Any:

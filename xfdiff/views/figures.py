@@ -56,6 +56,15 @@ AXIS = {
 }
 
 
+def fmt(x: float | None) -> str:
+    """Compact number: ``3.2e-04``; ``—`` for missing."""
+    if x is None or x != x:
+        return "—"
+    if x == 0:
+        return "0"
+    return f"{x:.1e}"
+
+
 def sci(x: float | None) -> str:
     """Compact number for labels: ``3.2e-04``; ``—`` when missing."""
     if x is None or (isinstance(x, float) and math.isnan(x)):

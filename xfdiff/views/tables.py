@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .figures import detail_arrays, sci
+from .splice_text import banner_text, finding_items, layer_items
 
 if TYPE_CHECKING:
     from ..report import Finding, LayerDiff, Report
@@ -38,6 +39,7 @@ def verdict(report: Report) -> Verdict:
         if final is not None
         else ""
     )
+    final_txt = f"{final_txt} {banner_text(report)}".strip()
     if fd is not None:
         own = fd.local_max_abs if fd.local_max_abs is not None else fd.max_abs
         kind = "own (teacher-forced)" if fd.local_max_abs is not None else "propagated"
@@ -172,7 +174,7 @@ def layer_facts(lyr: LayerDiff) -> list[tuple[str, str]]:
         facts.append(("non-finite elements (port)", str(lyr.n_nonfinite)))
     if lyr.note:
         facts.append(("note", lyr.note))
-    return facts
+    return facts + layer_items(lyr)
 
 
 def path_text(p: str | None) -> str:
@@ -230,7 +232,7 @@ def evidence_items(f: Finding) -> list[tuple[str, str]]:
         if isinstance(v, float):
             v = sci(v) if (abs(v) < 1e-3 or abs(v) >= 1e4) and v != 0 else f"{v:.6g}"
         out.append((str(k), str(v)))
-    return out
+    return out + finding_items(f)
 
 
 def layer_by_order(report: Report, order: int | None) -> LayerDiff | None:

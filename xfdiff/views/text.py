@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .figures import fmt
+from .splice_text import lm_line, shares, summary_lines
+
 if TYPE_CHECKING:
     from ..report import LayerDiff, Report
-
-
-def fmt(x: float | None) -> str:
-    """Compact number: ``3.2e-04``; ``—`` for missing."""
-    if x is None or x != x:
-        return "—"
-    if x == 0:
-        return "0"
-    return f"{x:.1e}"
 
 
 def _row(lyr: LayerDiff) -> str:
@@ -36,6 +30,7 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
     if report.final is not None:
         f = report.final
         lines.append(f"final output: {f.status}, max_abs {fmt(f.max_abs)}, rel_l2 {fmt(f.rel_l2)}")
+        lines += [lm_line(report)] if lm_line(report) else []
     lines.append(f"VERDICT: {report.verdict.upper()}: {report.verdict_reason}")
     cov = report.coverage
     if cov:
@@ -80,6 +75,9 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
                 lines.append("      evidence: " + ", ".join(facts))
             if f.fix:
                 lines.append(f"      fix: {f.fix}")
+            if f.splice_share is not None or f.fix_share is not None:
+                lines.append(f"      splice: {shares(f)}")
+    lines += summary_lines(report)
     bad = [lyr for lyr in report.layers if lyr.status != "ok"]
     if bad:
         lines.append("")
