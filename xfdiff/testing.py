@@ -21,31 +21,11 @@ from pathlib import Path
 from typing import Any
 
 ENV_DIR = "XFDIFF_REPORT_DIR"
-MIN_COVERAGE = 0.5  # share of the reference's parameterised modules compared, below which nothing is concluded
 
 
 def verdict_of(report: Any) -> tuple[str, str]:
-    """``(verdict, reason)`` of a report: ``"match"``, ``"diverged"`` or ``"inconclusive"``.
-
-    Reads ``Report.verdict`` where the report has one; otherwise derives it
-    from the first divergence and the final output.
-    """
-    v = getattr(report, "verdict", None)
-    if v is not None:
-        reason = getattr(report, "verdict_reason", None) or getattr(v, "reason", "") or ""
-        return str(getattr(v, "value", v)), str(reason)
-    fd = report.first_divergence
-    if fd is not None:
-        return "diverged", f"{fd.label}'s own code adds error (local max_abs {fd.decisive_error:.2e})"
-    if report.final is not None and report.final.status != "ok":
-        return "diverged", "the final output is out of tolerance though no aligned layer adds error on its own"
-    n, aligned = report.meta.get("n_param_modules_torch"), report.meta.get("n_param_modules_aligned")
-    if isinstance(n, int) and isinstance(aligned, int) and n > 0 and aligned / n < MIN_COVERAGE:
-        return "inconclusive", (
-            f"only {aligned} of the reference's {n} modules with parameters were compared; "
-            "pass mapping= or mark the port's values with xfdiff.tap()"
-        )
-    return "match", "every aligned layer and the final output are within tolerance"
+    """``(verdict, reason)`` of a report: ``"match"``, ``"diverged"`` or ``"inconclusive"``."""
+    return report.verdict, report.verdict_reason
 
 
 def assert_port_matches(

@@ -164,6 +164,29 @@ def _pair(ev: Any, row: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return (yr, yp) if yr.shape == yp.shape else None
 
 
+def agree_in_plain_run(rows: list[Any]) -> None:
+    """Unblame rows whose output agrees in the plain run although their teacher-forced output does not.
+
+    A layer whose own code is wrong hands a wrong output downstream in the plain run
+    too. When the plain output is within tolerance, a large teacher-forced error means
+    the forced inputs were not what the port's call really takes (a call paired with a
+    differently shaped counterpart, e.g. a fused attention module with its output
+    projection), or that the call undoes an earlier difference: neither is its own bug.
+    """
+    for row in rows:
+        lyr = row.layer
+        if lyr.blame_order is None or lyr.status != "ok" or lyr.local_max_abs is None:
+            continue
+        if lyr.local_status not in ("diverged",):
+            continue
+        lyr.blame_order = None
+        lyr.note = f"{lyr.note}; " if lyr.note else ""
+        lyr.note += (
+            f"not blamed: its output agrees in the plain run (max_abs {lyr.max_abs:.2e}); the teacher-forced "
+            f"error ({lyr.local_max_abs:.2e}) comes from inputs the port's call does not take as the reference's does"
+        )
+
+
 def boundaries(ev: Any) -> list[dict[str, Any]]:
     """Demote boundary rows (no blame) and describe them; later rows first so windows see real blame."""
     rows = ev.rows
@@ -207,6 +230,7 @@ def judge(ev: Any, report: Any, torch_side: Any = None) -> None:
     from .floor import measure
 
     report.meta["floor"] = measure(ev, torch_side, blamed)
+    agree_in_plain_run(ev.rows)
     report.meta["boundaries"] = boundaries(ev)
     report.meta["coverage"] = coverage(ev)
 
