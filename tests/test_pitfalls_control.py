@@ -126,11 +126,16 @@ def test_bf16_port_gets_bf16_matmul_and_nothing_else(llama):
 
 
 @pytest.mark.parametrize(
-    "variant,pid,key,value",
-    [("ddof1", "std_ddof", "port_ddof", 1), ("rsqrt_fp16", "rsqrt", "rsqrt_precision", "fp16")],
+    "variant,eps,pid,key,value",
+    [
+        ("ddof1", None, "std_ddof", "port_ddof", 1),
+        ("rsqrt_fp16", None, "rsqrt", "rsqrt_precision", "fp16"),
+        ("exact", 1e-5, "norm_epsilon", "port_eps", 1e-5),
+    ],
 )
-def test_inline_rms_norm_bug_is_named_at_the_enclosing_layer(llama, variant, pid, key, value):
-    r = _compare(llama, inline_norm=variant)
+def test_inline_rms_norm_bug_is_named_at_the_enclosing_layer(llama, variant, eps, pid, key, value):
+    bugs = {"eps_overrides": {"layers.0.attn_norm": eps, "layers.1.attn_norm": eps}} if eps else {}
+    r = _compare(llama, inline_norm=variant, **bugs)
     assert r.first_divergence.torch_path == "model.layers.0"
     got = [(f.pitfall, f.torch_path) for f in r.findings]
     assert got[0] == (pid, "model.layers.0") and {p for p, _ in got} == {pid}, got

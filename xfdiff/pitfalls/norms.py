@@ -229,12 +229,29 @@ def _inline_norms(site: Site):
     tried = 0
     for src in same_shape_sources(site)[:3]:
         for g in gains:
+            if not (_row_scaled(src.ref, site.y_ref, g) or (g is not None and _row_scaled(src.ref, site.y_ref, 1 + g))):
+                continue
             n = _Norm(site, x=src.ref, x_port=src.port, weight=g)
             if n.ok():
                 tried += 1
                 yield n
             if tried >= MAX_INLINE:
                 return
+
+
+def _row_scaled(x: np.ndarray, y: np.ndarray, gain) -> bool:
+    """Cheap pre-check of an inline norm: ``y / gain`` is ``x`` (or ``x`` centred) times one factor per row
+    (within 1 %, so that any variant of the family passes; the variant search decides)."""
+    if gain is not None and np.any(np.abs(f64(gain)) < 1e-8):
+        return False
+    z = f64(y) / (1.0 if gain is None else f64(gain))
+    xx = f64(x)
+    for xc in (xx, xx - xx.mean(axis=-1, keepdims=True)):
+        den = np.sum(xc * xc, axis=-1, keepdims=True)
+        f = np.sum(z * xc, axis=-1, keepdims=True) / np.where(den == 0, 1.0, den)
+        if rel(f * xc, z) < 1e-2:
+            return True
+    return False
 
 
 def _detect(n: _Norm):
