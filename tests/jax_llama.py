@@ -8,9 +8,13 @@ fingerprints.
 
 Steps are tapped with ``tap(path, fn, *args)`` so teacher forcing can feed
 each one the reference's inputs (a step's own keyword arguments must not be
-named ``path`` or ``value``: those are ``tap``'s). Two bugs can be switched on:
-``eps_overrides`` (an RMSNorm epsilon other than the config's, by tap path)
-and ``interleaved_rope_layers`` (GPT-J style RoPE instead of rotate-half).
+named ``path`` or ``value``: those are ``tap``'s). Bugs that can be switched on:
+``eps_overrides`` (an RMSNorm epsilon other than the config's, by tap path),
+``interleaved_rope_layers`` (GPT-J style RoPE instead of rotate-half),
+``matmul="bf16"`` (every projection with bfloat16 operands, as a TPU's default
+precision does) and ``inline_norm`` (the decoder layers' RMSNorms written
+inline, not as tapped steps: ``"exact"``, or with a bug: ``"ddof1"`` divides
+the sum of squares by d - 1, ``"rsqrt_fp16"`` rounds the inverse RMS to float16).
 """
 
 from __future__ import annotations
@@ -126,6 +130,22 @@ def dense(p: dict, x: jax.Array) -> jax.Array:
     return x @ p["kernel"]
 
 
+def bf16_dense(p: dict, x: jax.Array) -> jax.Array:
+    """``x @ kernel`` with both operands rounded to bfloat16 and a float32 result (a TPU's default precision)."""
+    xb, kb = x.astype(jnp.bfloat16), p["kernel"].astype(jnp.bfloat16)
+    return jax.lax.dot_general(xb, kb, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def inline_rms_norm(scale: jax.Array, x: jax.Array, eps: float, variant: str) -> jax.Array:
+    """RMSNorm as a port writes it inside the layer's own code: ``exact``, ``ddof1`` or ``rsqrt_fp16``."""
+    xf = x.astype(jnp.float32)
+    n = x.shape[-1] - (1 if variant == "ddof1" else 0)
+    inv = jax.lax.rsqrt(jnp.sum(xf * xf, axis=-1, keepdims=True) / n + eps)
+    if variant == "rsqrt_fp16":
+        inv = inv.astype(jnp.float16).astype(jnp.float32)
+    return scale * (xf * inv).astype(x.dtype)
+
+
 def rms_norm(p: dict, x: jax.Array, eps: float) -> jax.Array:
     """RMSNorm in float32, scaled by ``scale``."""
     xf = x.astype(jnp.float32)
@@ -168,13 +188,14 @@ def attention(
     cfg: LlamaPortConfig,
     scope: str,
     interleaved: bool = False,
+    dense_fn: Any = dense,
 ) -> jax.Array:
     """Causal grouped-query self-attention with RoPE; q/k/v/o are tapped as steps under ``scope``."""
     b, t, _ = x.shape
     h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = xfdiff.tap(f"{scope}.q", dense, p["q"], x).reshape(b, t, h, hd)
-    k = xfdiff.tap(f"{scope}.k", dense, p["k"], x).reshape(b, t, kvh, hd)
-    v = xfdiff.tap(f"{scope}.v", dense, p["v"], x).reshape(b, t, kvh, hd)
+    q = xfdiff.tap(f"{scope}.q", dense_fn, p["q"], x).reshape(b, t, h, hd)
+    k = xfdiff.tap(f"{scope}.k", dense_fn, p["k"], x).reshape(b, t, kvh, hd)
+    v = xfdiff.tap(f"{scope}.v", dense_fn, p["v"], x).reshape(b, t, kvh, hd)
     q, k = apply_rope(q, cos, sin, interleaved), apply_rope(k, cos, sin, interleaved)
     k, v = jnp.repeat(k, h // kvh, axis=2), jnp.repeat(v, h // kvh, axis=2)  # query head i reads kv head i // groups
     scores = jnp.einsum("bthd,bshd->bhts", q, k) * hd**-0.5
@@ -184,13 +205,14 @@ def attention(
     scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(q.dtype)
     ctx = jnp.einsum("bhts,bshd->bthd", probs, v).reshape(b, t, h * hd)
-    return xfdiff.tap(f"{scope}.o", dense, p["o"], ctx)
+    return xfdiff.tap(f"{scope}.o", dense_fn, p["o"], ctx)
 
 
-def mlp(p: dict, x: jax.Array, *, scope: str) -> jax.Array:
+def mlp(p: dict, x: jax.Array, *, scope: str, dense_fn: Any = dense) -> jax.Array:
     """SiLU-gated MLP: ``down(silu(gate(x)) * up(x))``."""
-    gate = xfdiff.tap(f"{scope}.act", jax.nn.silu, xfdiff.tap(f"{scope}.gate", dense, p["gate"], x))
-    return xfdiff.tap(f"{scope}.down", dense, p["down"], gate * xfdiff.tap(f"{scope}.up", dense, p["up"], x))
+    gate = xfdiff.tap(f"{scope}.act", jax.nn.silu, xfdiff.tap(f"{scope}.gate", dense_fn, p["gate"], x))
+    up = xfdiff.tap(f"{scope}.up", dense_fn, p["up"], x)
+    return xfdiff.tap(f"{scope}.down", dense_fn, p["down"], gate * up)
 
 
 def decoder_layer(
@@ -204,10 +226,20 @@ def decoder_layer(
     scope: str,
     eps: dict[str, float],
     interleaved: bool,
+    dense_fn: Any = dense,
+    inline_norm: str | None = None,
 ) -> jax.Array:
     """Pre-norm residual block: attention, then MLP."""
     attn_norm, mlp_norm = f"{scope}.attn_norm", f"{scope}.mlp_norm"
-    h = xfdiff.tap(attn_norm, rms_norm, p["attn_norm"], x, eps.get(attn_norm, cfg.rms_norm_eps))
+
+    def norm(name: str, x: jax.Array) -> jax.Array:
+        e = eps.get(name, cfg.rms_norm_eps)
+        key = name.rsplit(".", 1)[-1]
+        if inline_norm:  # no step of its own: part of the decoder layer's code
+            return inline_rms_norm(p[key]["scale"], x, e, inline_norm)
+        return xfdiff.tap(name, rms_norm, p[key], x, e)
+
+    h = norm(attn_norm, x)
     x = x + xfdiff.tap(
         f"{scope}.attn",
         attention,
@@ -219,9 +251,10 @@ def decoder_layer(
         cfg=cfg,
         scope=f"{scope}.attn",
         interleaved=interleaved,
+        dense_fn=dense_fn,
     )
-    h = xfdiff.tap(mlp_norm, rms_norm, p["mlp_norm"], x, eps.get(mlp_norm, cfg.rms_norm_eps))
-    return x + xfdiff.tap(f"{scope}.mlp", mlp, p["mlp"], h, scope=f"{scope}.mlp")
+    h = norm(mlp_norm, x)
+    return x + xfdiff.tap(f"{scope}.mlp", mlp, p["mlp"], h, scope=f"{scope}.mlp", dense_fn=dense_fn)
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -235,6 +268,8 @@ def llama_forward(
     cfg: LlamaPortConfig,
     eps_overrides: Mapping[str, float] | None = None,
     interleaved_rope_layers: tuple[int, ...] = (),
+    matmul: str | None = None,
+    inline_norm: str | None = None,
 ) -> jax.Array:
     """Logits ``(B, T, vocab)`` of ``LlamaForCausalLM`` for ``input_ids`` ``(B, T)``.
 
@@ -245,11 +280,14 @@ def llama_forward(
         cfg: the port's config.
         eps_overrides: bug switch: RMSNorm epsilon by tap path, e.g. ``{"layers.0.mlp_norm": 1e-5}``.
         interleaved_rope_layers: bug switch: layers that use interleaved RoPE.
+        matmul: ``"bf16"``: every projection with bfloat16 operands (precision switch).
+        inline_norm: the decoder layers' RMSNorms inline (``"exact"``, ``"ddof1"``, ``"rsqrt_fp16"``).
 
     Returns:
         The logits.
     """
     eps = dict(eps_overrides or {})
+    dense_fn = bf16_dense if matmul == "bf16" else dense
     x = xfdiff.tap("embed", embed, params["embed"], input_ids)
     positions = jnp.arange(input_ids.shape[1])[None]  # (1, T): one table for the batch, as in HF
     cos, sin = xfdiff.tap("rope", rope_tables, positions, cfg.head_dim, cfg.rope_theta)
@@ -266,6 +304,8 @@ def llama_forward(
             scope=f"layers.{i}",
             eps=eps,
             interleaved=i in interleaved_rope_layers,
+            dense_fn=dense_fn,
+            inline_norm=inline_norm,
         )
     x = xfdiff.tap("norm", rms_norm, params["norm"], x, eps.get("norm", cfg.rms_norm_eps))
-    return xfdiff.tap("lm_head", dense, params["lm_head"], x)
+    return xfdiff.tap("lm_head", dense_fn, params["lm_head"], x)

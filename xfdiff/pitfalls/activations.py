@@ -57,9 +57,10 @@ def detect_gelu(site: Site):
         if control > 3 * site.tau:
             continue
         v_port, eh, runner = _best(site.y_port, xp, site.y_ref, gelu, variants)
-        if v_port == v_ref or not site.confirmed(eh, control):
+        correct = rel(site.y_port, gelu(xp, v_ref), site.y_ref)
+        if v_port == v_ref or not site.confirmed(eh, control, correct=correct):
             continue
-        ev = numbers(site, eh, control)
+        ev = numbers(site, eh, control, correct)
         ev.update(
             {
                 "reference_variant": v_ref,
@@ -93,9 +94,10 @@ def detect_leaky_slope(site: Site):
             continue
         control = rel(site.y_ref, _leaky(xr, s_ref))
         eh = rel(site.y_port, _leaky(xp, s_port), site.y_ref)
-        if not site.confirmed(eh, control):
+        correct = rel(site.y_port, _leaky(xp, s_ref), site.y_ref)
+        if not site.confirmed(eh, control, correct=correct):
             continue
-        ev = numbers(site, eh, control)
+        ev = numbers(site, eh, control, correct)
         ev.update({"reference_slope": s_ref, "port_slope": s_port})
         msg = f"The port's LeakyReLU slope is {s_port:.4g} where the reference uses {s_ref:.4g}."
         fix = {

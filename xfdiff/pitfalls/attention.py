@@ -226,9 +226,11 @@ def detect_attention(site: Site):
     if not scored:
         return None
     eh, pid, c_port = scored[0]
-    if not site.confirmed(eh, control, tau=max(site.tau, TAU_ATTENTION)):
+    # the correct configuration on the port's own q/k/v: what the port's attention code itself changed
+    correct = rel(a.run(c_ref, "port"), yp, norm_of)
+    if not site.confirmed(eh, control, tau=TAU_ATTENTION, correct=correct):
         return None
-    ev = numbers(site, eh, control)
+    ev = numbers(site, eh, control, correct)
     ev.update({"heads": c_ref.heads, "kv_heads": c_ref.kv_heads, "causal": c_ref.causal, "rope": c_ref.rope})
     return _FINDERS[pid](site, a, c_ref, c_port, ev)
 

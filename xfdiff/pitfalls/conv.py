@@ -200,10 +200,11 @@ def detect_flatten_layout(site: Site):
         o_ref = min(ctl, key=ctl.get)
         o_port = "HWC" if o_ref == "CHW" else "CHW"
         eh = rel(y_port, orders[o_port](s.port), y_ref)
-        if not site.confirmed(eh, ctl[o_ref]):
+        correct = rel(y_port, orders[o_ref](s.port), y_ref)
+        if not site.confirmed(eh, ctl[o_ref], correct=correct):
             continue
         n, ch, h, w = s.ref.shape
-        ev = numbers(site, eh, ctl[o_ref])
+        ev = numbers(site, eh, ctl[o_ref], correct)
         ev.update(
             {"reference_order": o_ref, "port_order": o_port, "channels": ch, "height": h, "width": w, "source": s.name}
         )

@@ -140,13 +140,14 @@ def _segment_scale(site: Site):
     c_port, *_ = np.linalg.lstsq(a_port, site.y_port.ravel(), rcond=None)
     control = rel((a_ref @ c_ref).reshape(y_ref.shape), y_ref)
     eh = rel((a_port @ c_port).reshape(y_ref.shape), site.y_port, y_ref)
-    if control > 3 * site.tau or not site.confirmed(eh, control):
+    correct = rel((a_port @ c_ref).reshape(y_ref.shape), site.y_port, y_ref)  # the reference's coefficients
+    if control > 3 * site.tau or not site.confirmed(eh, control, correct=correct):
         return None
     ratios = c_port / np.where(c_ref == 0, np.nan, c_ref)
     i = int(np.nanargmax(np.abs(np.log(np.abs(ratios)))))
     if not np.isfinite(ratios[i]) or abs(ratios[i] - 1) < 1e-3:
         return None
-    ev = numbers(site, eh, control)
+    ev = numbers(site, eh, control, correct)
     ev.update(
         {"reference_coefficient": float(c_ref[i]), "port_coefficient": float(c_port[i]), "source": srcs[i][0].name}
     )

@@ -25,7 +25,7 @@ import numpy as np
 
 from .numerics import batchnorm, f64, norm, rel
 from .registry import register
-from .sites import Site, numbers
+from .sites import Site, numbers, same_shape_sources
 
 EPS_KEYS = ("eps", "epsilon", "variance_epsilon", "layer_norm_eps", "rms_norm_eps", "norm_eps")
 FINFO32 = float(np.finfo(np.float32).eps)
@@ -66,13 +66,25 @@ def _unique(values) -> list[float]:
     return out
 
 
-class _Norm:
-    """A LayerNorm/RMSNorm call site: input, affine parameters and the recompute."""
+_NO_WEIGHT = object()  # a call site: the module's own weight and bias
 
-    def __init__(self, site: Site):
+
+class _Norm:
+    """A LayerNorm/RMSNorm site: input, affine parameters and the recompute.
+
+    A call site is the norm module itself. On a segment site (a norm written inline in a composite
+    module's code) the input is one of the values available to that code (``x``, ``x_port``: each
+    side's) and the gain one of the module's parameters (``weight``), tried in turn by the detector.
+    """
+
+    def __init__(self, site: Site, x=None, x_port=None, weight=_NO_WEIGHT):
         self.site = site
-        self.x = site.main_input()
-        self.w, self.b = _affine(site.ref_params)
+        self.x = site.main_input() if x is None else x
+        self.x_port = self.x if x_port is None else x_port
+        if weight is _NO_WEIGHT:
+            self.w, self.b = _affine(site.ref_params)
+        else:
+            self.w, self.b = weight, None
         self.axes = self.w.ndim if self.w is not None else 1
 
     @cached_property
@@ -85,7 +97,7 @@ class _Norm:
 
     def ok(self) -> bool:
         s, x = self.site, self.x
-        if s.kind != "call" or x is None or x.shape != s.y_ref.shape or "running_mean" in s.ref_params:
+        if x is None or x.shape != s.y_ref.shape or self.x_port.shape != x.shape or "running_mean" in s.ref_params:
             return False
         if self.w is not None and x.shape[x.ndim - self.w.ndim :] != self.w.shape:
             return False
@@ -184,10 +196,66 @@ class _Norm:
         return (np.sum(yp * yr, axis=ax) / np.where(den == 0, 1, den)).ravel()
 
 
-@register("norms", ids=("norm_epsilon", "std_ddof", "rsqrt", "fast_variance", "rmsnorm_one_plus"), stage=1)
+@register(
+    "norms",
+    ids=("norm_epsilon", "std_ddof", "rsqrt", "fast_variance", "rmsnorm_one_plus"),
+    kinds=("call", "segment"),
+    stage=1,
+)
 def detect_norm(site: Site):
-    """LayerNorm/RMSNorm variant search (pitfalls.md P02, P03, P06, P07, P27)."""
-    n = _Norm(site)
+    """LayerNorm/RMSNorm variant search (pitfalls.md P02, P03, P06, P07, P27), on a norm module or inline."""
+    if site.kind == "call":
+        return _detect(_Norm(site))
+    for n in _inline_norms(site):
+        f = _detect(n)
+        if f is not None:
+            return f
+    return None
+
+
+MAX_INLINE = 8  # (input, gain) pairs tried at one segment site
+
+
+def _inline_norms(site: Site):
+    """Candidate inline norms of a segment: a value shaped like the site's output, and a gain among the module's
+    1-D parameters of the last axis' size (or none), the plausible ones only."""
+    d = site.y_ref.shape[-1] if site.y_ref.ndim else 0
+    gains: list = [None]
+    for side in ("reference", "port"):
+        for v in site.tree_params.get(side, {}).values():
+            if isinstance(v, np.ndarray) and v.ndim == 1 and v.shape == (d,) and v.dtype.kind == "f":
+                if not any(g is not None and np.array_equal(g, v) for g in gains):
+                    gains.append(v)
+    tried = 0
+    for src in same_shape_sources(site)[:3]:
+        for g in gains:
+            if not (_row_scaled(src.ref, site.y_ref, g) or (g is not None and _row_scaled(src.ref, site.y_ref, 1 + g))):
+                continue
+            n = _Norm(site, x=src.ref, x_port=src.port, weight=g)
+            if n.ok():
+                tried += 1
+                yield n
+            if tried >= MAX_INLINE:
+                return
+
+
+def _row_scaled(x: np.ndarray, y: np.ndarray, gain) -> bool:
+    """Cheap pre-check of an inline norm: ``y / gain`` is ``x`` (or ``x`` centred) times one factor per row
+    (within 1 %, so that any variant of the family passes; the variant search decides)."""
+    if gain is not None and np.any(np.abs(f64(gain)) < 1e-8):
+        return False
+    z = f64(y) / (1.0 if gain is None else f64(gain))
+    xx = f64(x)
+    for xc in (xx, xx - xx.mean(axis=-1, keepdims=True)):
+        den = np.sum(xc * xc, axis=-1, keepdims=True)
+        f = np.sum(z * xc, axis=-1, keepdims=True) / np.where(den == 0, 1.0, den)
+        if rel(f * xc, z) < 1e-2:
+            return True
+    return False
+
+
+def _detect(n: _Norm):
+    site = n.site
     if not n.ok():
         return None
     found = n.reference_variant()
@@ -195,22 +263,24 @@ def detect_norm(site: Site):
         return None
     v_ref, control = found
     scored = sorted(
-        ((rel(site.y_port, n.compute(v), site.y_ref), pid, v) for pid, v in n.port_variants(v_ref)), key=lambda t: t[0]
+        ((rel(site.y_port, n.compute(v, n.x_port), site.y_ref), pid, v) for pid, v in n.port_variants(v_ref)),
+        key=lambda t: t[0],
     )
     if not scored:
         return None
     eh, pid, v_port = scored[0]
     if pid == "fast_variance":  # fast variance must matter, not just ride along with another change
         plain = replace(v_port, fast=False)
-        eh_plain = rel(site.y_port, n.compute(plain), site.y_ref)
+        eh_plain = rel(site.y_port, n.compute(plain, n.x_port), site.y_ref)
         if eh_plain <= max(2 * eh, 3 * n.tau):
             if abs(plain.eps - v_ref.eps) <= 1e-3 * v_ref.eps:
                 return None
             eh, pid, v_port = eh_plain, "norm_epsilon", plain
-    if not site.confirmed(eh, control, tau=n.tau):
+    correct = rel(site.y_port, n.compute(v_ref, n.x_port), site.y_ref)
+    if not site.confirmed(eh, control, tau=n.tau, correct=correct):
         return None
     runner = next((e for e, p, _ in scored if p != pid), float("inf"))
-    ev = numbers(site, eh, control)
+    ev = numbers(site, eh, control, correct)
     rho = n.row_factors()
     ev.update(
         {
@@ -223,6 +293,8 @@ def detect_norm(site: Site):
             "runner_up_ratio": runner / eh if eh else float("inf"),
         }
     )
+    if site.kind == "segment":
+        ev["inline"] = True
     return _FINDERS[pid](site, n, v_ref, v_port, ev)
 
 

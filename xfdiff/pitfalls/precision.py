@@ -63,6 +63,11 @@ def _operator(site: Site):
     return None
 
 
+def _best_format(scores: dict[str, float], tau: float) -> str:
+    """The format that reproduces one side: exact when it does (within 3τ), else the closest rounding."""
+    return "fp32" if scores["fp32"] <= 3 * tau else min(FORMATS, key=scores.get)
+
+
 def _with_formats(fn, x, w):
     def op(fmt: str) -> np.ndarray:
         if fmt == "bf16_3x":
@@ -78,23 +83,57 @@ def _with_formats(fn, x, w):
 
 @register("matmul_precision", ids=("bf16_matmul", "tf32_matmul"), stage=2)
 def detect_matmul_precision(site: Site):
-    """Operands rounded to bf16 / TF32 before the matmul (pitfalls.md P04, P05)."""
+    """Operands rounded to bf16 / TF32 before the matmul, on either side (pitfalls.md P04, P05).
+
+    Both sides are matched against {exact, bf16, bf16_3x, TF32 rounded, TF32 truncated}. When the exact
+    formula reproduces the reference, the port is accused; when it does not but reproduces the port, the
+    reference carries the rounding (a torch reference on an Ampere+ GPU with TF32 allowed). Either way the
+    finding passes the shared rule of :meth:`Site.confirmed` with the roles of the sides set accordingly.
+    """
     if site.dtypes[0] not in ("float32", None) or site.dtypes[1] not in ("float32", None):
         return None
     op = _operator(site)
     if op is None:
         return None
-    control = rel(op("fp32"), site.y_ref)
-    if control > 3 * site.tau:
+    t = site.tau
+    outs = {fmt: op(fmt) for fmt in ("fp32", *FORMATS)}
+    ref_scores = {fmt: rel(y, site.y_ref) for fmt, y in outs.items()}
+    port_scores = {fmt: rel(site.y_port, y, site.y_ref) for fmt, y in outs.items()}
+    ref_fmt, port_fmt = _best_format(ref_scores, t), _best_format(port_scores, t)
+    if ref_fmt == port_fmt:
         return None
-    scored = {fmt: rel(site.y_port, op(fmt), site.y_ref) for fmt in FORMATS}
-    fmt = min(scored, key=scored.get)
-    eh = scored[fmt]
-    if not site.confirmed(eh, control):
+    if port_fmt == "fp32":  # the port is exact: does a rounding explain the reference?
+        side, fmt = "reference", ref_fmt
+        eh, control, correct = ref_scores[fmt], port_scores["fp32"], ref_scores["fp32"]
+    else:  # the port rounds; the control is the formula that reproduces the reference
+        side, fmt = "port", port_fmt
+        eh, control, correct = port_scores[fmt], ref_scores[ref_fmt], port_scores[ref_fmt]
+    if not site.confirmed(eh, control, correct=correct):
         return None
     pid, what = FORMATS[fmt]
-    ev = numbers(site, eh, control)
-    ev.update({"precision": fmt, **{f"eh_{k}": v for k, v in scored.items()}})
+    ev = numbers(site, eh, control, correct)
+    ev.update(
+        {
+            "precision": fmt,
+            "rounded_side": side,
+            "reference_precision": fmt if side == "reference" else ref_fmt,
+            "port_precision": fmt if side == "port" else "fp32",
+            **{f"eh_{k}": v for k, v in (ref_scores if side == "reference" else port_scores).items() if k != "fp32"},
+        }
+    )
+    if side == "reference":
+        short = {"tf32": "TF32", "tf32_trunc": "TF32", "bf16": "bfloat16", "bf16_3x": "bf16_3x passes"}[fmt]
+        msg = (
+            f"The reference's matmuls are rounded to {short}; the port is exact: recomputing the reference with "
+            f"{what} explains {100 * ev['explained']:.1f}% of its departure from the exact result. The difference "
+            "is the reference's rounding, not a bug in the port."
+        )
+        fix = {
+            "flax": "run the torch reference at full precision: torch.backends.cuda.matmul.allow_tf32 = False; "
+            "torch.backends.cudnn.allow_tf32 = False (or compare with the port at the same precision)",
+            "torch": "jax.config.update('jax_default_matmul_precision', 'highest') on the reference side",
+        }
+        return site.finding(pid, msg, ev, fix)
     msg = (
         f"The port's matmul uses {what}: recomputing with such operands explains "
         f"{100 * ev['explained']:.1f}% of the error."

@@ -63,6 +63,8 @@ class Site:
     target: str = ""  # segments: the child whose input differs ("" = the module's output)
     dtypes: tuple[str, str] = ("float32", "float32")  # (reference, port) output dtypes
     meta: dict[str, Any] = field(default_factory=dict)  # trace meta of the port side
+    # segments: every parameter under the module, both sides, by path relative to it (in each side's layout)
+    tree_params: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def port(self) -> str:
@@ -90,11 +92,37 @@ class Site:
                 return v
         return fl[0] if len(fl) == 1 else None
 
-    def confirmed(self, eh: float, control: float, tau: float | None = None) -> bool:
-        """pitfalls.md §0: control reproduces the reference, and the hypothesis explains the error."""
-        t = self.tau if tau is None else tau
-        e0 = self.e0
-        return control <= 3 * t and e0 > 10 * t and eh <= max(0.1 * e0, 3 * t)
+    @cached_property
+    def floor(self) -> float:
+        """Relative rounding floor of this computation: the dtype's ``tau``, raised to the floor the
+        verdict measured for the row (the reference step's own rounding against float64), when there is one."""
+        t = self.tau
+        f = getattr(self.row.layer, "floor", None)
+        if isinstance(f, (int, float)) and f > 0 and self.y_ref.size:
+            rms = float(np.sqrt(np.mean(np.square(self.y_ref[np.isfinite(self.y_ref)])))) if self.y_ref.size else 0.0
+            if rms > 0:
+                t = max(t, float(f) / rms)
+        return t
+
+    def confirmed(self, eh: float, control: float, tau: float | None = None, correct: float | None = None) -> bool:
+        """The one rule every finding passes (pitfalls.md §0, "a finding must beat its control").
+
+        Args:
+            eh: residual of the hypothesis on the side it accuses (relative to ``y_ref``).
+            control: residual of the correct formula on the other side (it must reproduce it: ``<= 3τ``).
+            tau: the family's own noise floor when it is larger than the dtype's (attention, centred norms).
+            correct: residual of the *correct* formula on the accused side's own data. Defaults to ``e0``
+                (right for call sites, where both sides got the same inputs); segment sites pass it, since
+                their ``e0`` also holds what earlier children changed.
+
+        The accused side must depart from the correct formula clearly above the site's rounding floor
+        (``correct > 10τ``), and the hypothesis must leave clearly less (``eh <= max(0.1·correct, 3τ)``):
+        a hypothesis that fits no better than the correct formula, or a departure at noise level, is
+        never reported.
+        """
+        t = max(self.floor, tau or 0.0)
+        ec = self.e0 if correct is None else correct
+        return control <= 3 * t and ec > 10 * t and eh <= max(0.1 * ec, 3 * t)
 
     def finding(
         self,
@@ -310,6 +338,7 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
             y_ref, y_port = sides.to_torch(ref_in, kid.raw_inputs[pk], t)
             site = _common(ev, sides, row, "segment", y_ref, y_port)
             site.sources, site.target = sources, krow.layer.label
+            site.tree_params = _tree_params(ev, row)
             return site
         if krow.ref_key is not None and krow.port_key in kid.outputs and krow.transform is not None:
             r, p = sides.to_torch(krow.ref.outputs[krow.ref_key], kid.outputs[krow.port_key], krow.transform)
@@ -324,7 +353,26 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
         return None  # the module returns its last child's value: the error is that child's own
     site = _common(ev, sides, row, "segment", y_ref, y_port)
     site.sources = sources
+    site.tree_params = _tree_params(ev, row)
     return site
+
+
+def _tree_params(ev: Any, row: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Parameters of the row's module and everything under it, per side (names relative to the module)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for side, rec in (("reference", row.ref), ("port", row.port_local or row.port)):
+        fw = ev.ref.framework if side == "reference" else ev.port.framework
+        path = getattr(rec, "path", None)
+        if path is None:
+            continue
+        prefix = path + "." if path else ""
+        got: dict[str, np.ndarray] = {}
+        for p, params in ev.trace(fw).params.items():
+            if p == path or p.startswith(prefix):
+                for k, v in params.items():
+                    got[f"{p[len(prefix) :]}.{k}" if p != path else k] = v
+        out[side] = got
+    return out
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -337,7 +385,16 @@ def same_shape_sources(site: Site) -> list[Source]:
     return out[::-1]
 
 
-def numbers(site: Site, eh: float, control: float) -> dict[str, float]:
-    """The standard evidence: error, error left under the hypothesis, explained share, control."""
+def numbers(site: Site, eh: float, control: float, correct: float | None = None) -> dict[str, float]:
+    """The standard evidence: error, error left under the hypothesis, explained share, control.
+
+    ``correct`` (the correct formula's residual on the accused side, see :meth:`Site.confirmed`) is shown
+    as ``correct_residual`` when given; ``explained`` is then measured against it.
+    """
     e0 = site.e0
-    return {"e0": e0, "eh": eh, "explained": 1.0 - eh / e0 if e0 else 0.0, "control": control}
+    base = e0 if correct is None else correct
+    out = {"e0": e0, "eh": eh, "explained": 1.0 - eh / base if base else 0.0, "control": control}
+    if correct is not None:
+        out["correct_residual"] = correct
+    out["noise_floor"] = site.floor
+    return out
