@@ -309,3 +309,32 @@ def llama_forward(
         )
     x = xfdiff.tap("norm", rms_norm, params["norm"], x, eps.get("norm", cfg.rms_norm_eps))
     return xfdiff.tap("lm_head", dense_fn, params["lm_head"], x)
+
+
+def tiny_hf_pair(hidden: int = 32, vocab: int = 100, seq: int = 8, seed: int = 0, lm_head_std: float | None = None):
+    """(HF torch ``LlamaForCausalLM``, port config, port params, token ids): HF's own random init.
+
+    Two layers, 4 heads, 2 key/value heads; ``lm_head_std`` re-draws the head's weights so the
+    logits have a spread (top tokens that are not all near ties).
+    """
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+    )
+    torch.manual_seed(seed)
+    pt = transformers.LlamaForCausalLM(cfg).eval()
+    if lm_head_std is not None:
+        with torch.no_grad():
+            pt.lm_head.weight.normal_(0, lm_head_std)
+    port_cfg = LlamaPortConfig.from_hf(cfg)
+    ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (2, seq)).astype(np.int64)
+    return pt, port_cfg, params_from_torch(pt.state_dict(), port_cfg), ids

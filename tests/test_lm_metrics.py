@@ -10,7 +10,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from jax_llama import LlamaPortConfig, llama_forward, params_from_torch  # noqa: E402
+from jax_llama import llama_forward, tiny_hf_pair  # noqa: E402
 
 import xfdiff  # noqa: E402
 from xfdiff.lm_metrics import lm_metrics  # noqa: E402
@@ -20,23 +20,8 @@ EPS_BUG = "layers.0.mlp_norm"  # the port's name for model.layers.0.post_attenti
 
 @pytest.fixture(scope="module")
 def llama():
-    cfg = transformers.LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-    )
-    torch.manual_seed(0)
-    pt = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # logits with a spread, so the top tokens are not all near ties
-        pt.lm_head.weight.normal_(0, 1.0)
-    port_cfg = LlamaPortConfig.from_hf(cfg)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)).astype(np.int64)
-    return pt, port_cfg, params_from_torch(pt.state_dict(), port_cfg), {"input_ids": ids}
+    pt, port_cfg, params, ids = tiny_hf_pair(vocab=128, seq=12, lm_head_std=1.0)
+    return pt, port_cfg, params, {"input_ids": ids}
 
 
 def _port(port_cfg, **bugs):

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
-from jax_llama import LlamaPortConfig, llama_forward, params_from_torch  # noqa: E402
+from jax_llama import llama_forward, tiny_hf_pair  # noqa: E402
 
 import xfdiff  # noqa: E402
 from xfdiff.pitfalls.sites import Site  # noqa: E402
@@ -54,23 +54,10 @@ class CudaTF32Linear(torch.nn.Linear):
 @pytest.fixture(scope="module")
 def llama():
     """(config, port config, params, inputs with a padded row): HF's own random init, seed 0."""
-    cfg = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-    )
-    torch.manual_seed(0)
-    pt = transformers.LlamaForCausalLM(cfg).eval()
-    port_cfg = LlamaPortConfig.from_hf(cfg)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)).astype(np.int64)
+    pt, port_cfg, params, ids = tiny_hf_pair(hidden=64, seq=12)
     mask = np.ones_like(ids)
     mask[1, 8:] = 0  # a padded row: the attention sites have a boolean/additive mask to get wrong
-    return cfg, port_cfg, params_from_torch(pt.state_dict(), port_cfg), {"input_ids": ids, "attention_mask": mask}
+    return pt.config, port_cfg, params, {"input_ids": ids, "attention_mask": mask}
 
 
 def _torch_llama(cfg, tf32=None):

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
-from jax_llama import LlamaPortConfig, llama_forward, params_from_torch  # noqa: E402
+from jax_llama import llama_forward, tiny_hf_pair  # noqa: E402
 
 import xfdiff  # noqa: E402
 
@@ -27,21 +27,8 @@ ROPE_BUG_LAYER = 1
 @pytest.fixture(scope="module")
 def llama():
     """(torch model, port config, params, inputs): HF's own random init, seed 0."""
-    cfg = transformers.LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rms_norm_eps=1e-6,
-    )
-    torch.manual_seed(0)
-    pt = transformers.LlamaForCausalLM(cfg).eval()
-    port_cfg = LlamaPortConfig.from_hf(cfg)
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 8)).astype(np.int64)
-    return pt, port_cfg, params_from_torch(pt.state_dict(), port_cfg), {"input_ids": ids}
+    pt, port_cfg, params, ids = tiny_hf_pair()
+    return pt, port_cfg, params, {"input_ids": ids}
 
 
 def _port(port_cfg, **bugs):
