@@ -17,9 +17,10 @@ def results():
     return run_script("tf_hf_pairs.py")
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "vit", "convnext"])
+@pytest.mark.parametrize("name", ["bert", "gpt2", "bart", "vit", "convnext"])
 def test_clean_pairs_match(results, name):
     r = results[name]
+    assert r["verdict"] == "match"
     assert r["first_divergence"] is None and r["findings"] == []
     assert r["final_status"] == "ok"
     done, total = r["aligned"]

@@ -43,6 +43,23 @@ def specs(T):
             dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4),
             text,
         ),
+        "bart": (
+            T.BartConfig,
+            T.BartModel,
+            T.TFBartModel,
+            dict(
+                vocab_size=100,
+                d_model=32,
+                encoder_layers=2,
+                decoder_layers=2,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=64,
+                decoder_ffn_dim=64,
+                max_position_embeddings=64,
+            ),
+            {**text, "decoder_input_ids": text["input_ids"]},
+        ),
         "vit": (T.ViTConfig, T.ViTModel, T.TFViTModel, dict(image_size=32, patch_size=8, **SMALL), pixels),
         "convnext": (
             T.ConvNextConfig,
@@ -73,6 +90,7 @@ def summary(r) -> dict:
     m = r.meta
     return {
         "first_divergence": None if fd is None else fd.torch_path,
+        "verdict": r.verdict,
         "findings": [[f.pitfall, f.torch_path] for f in r.findings],
         "aligned": [m["n_param_modules_aligned"], m["n_param_modules_torch"]],
         "mode": m["flax_meta"].get("capture_mode"),
@@ -84,7 +102,7 @@ def run(only: list[str] | None = None) -> dict:
     import xfdiff
 
     out = {}
-    for name in ("bert", "gpt2", "vit", "convnext"):
+    for name in ("bert", "gpt2", "bart", "vit", "convnext"):
         if only and name not in only:
             continue
         pt, tf_model, inputs = make_pair(name)
