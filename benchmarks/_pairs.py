@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
 import types
 from pathlib import Path
@@ -130,3 +131,41 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def stage_times(run, repeats: int, stages: dict) -> dict:
+    """Median seconds per stage of ``run()``: ``stages`` maps a name to ``(module, "func" or "Class.method")``,
+    each wrapped with a timer while ``run`` repeats (nested stages count in both)."""
+    import importlib
+
+    acc: dict[str, list[float]] = {name: [] for name in stages}
+    originals = []
+    for name, (module, attr) in stages.items():
+        owner = importlib.import_module(module)
+        cls, _, fn_name = attr.rpartition(".")
+        target = getattr(owner, cls) if cls else owner
+        fn = getattr(target, fn_name)
+        originals.append((target, fn_name, fn))
+
+        def timed_fn(*a, _fn=fn, _name=name, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                acc[_name][-1] += time.perf_counter() - t0
+
+        setattr(target, fn_name, timed_fn)
+    totals = []
+    try:
+        for _ in range(repeats):
+            for v in acc.values():
+                v.append(0.0)
+            t0 = time.perf_counter()
+            run()
+            totals.append(time.perf_counter() - t0)
+    finally:
+        for target, fn_name, fn in originals:
+            setattr(target, fn_name, fn)
+    out = {name: round(statistics.median(v), 4) for name, v in acc.items()}
+    out["total"] = round(statistics.median(totals), 4)
+    return out

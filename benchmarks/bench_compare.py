@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _pairs  # noqa: E402
 import numpy as np  # noqa: E402
 from _pairs import environment, hf_pair, llama_config, token_ids, write_result  # noqa: E402
 
@@ -73,41 +74,11 @@ def bare_work(pt, fx_fn, params, ids):
 
 def stage_times(pt, fx, ids, kwargs, repeats: int = 3) -> dict:
     """Seconds spent in each stage of compare(), by wrapping the stage functions with timers."""
-    import importlib
-
     import xfdiff
 
-    acc: dict[str, list[float]] = {name: [] for name in STAGES}
-    originals = []
-    for name, (module, attr) in STAGES.items():
-        owner = importlib.import_module(module)
-        cls, _, fn_name = attr.rpartition(".")
-        target = getattr(owner, cls) if cls else owner
-        fn = getattr(target, fn_name)
-        originals.append((target, fn_name, fn))
-
-        def timed_fn(*a, _fn=fn, _name=name, **k):  # nested stages count in both
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                acc[_name][-1] += time.perf_counter() - t0
-
-        setattr(target, fn_name, timed_fn)
-    totals = []
-    try:
-        for _ in range(repeats):
-            for v in acc.values():
-                v.append(0.0)
-            t0 = time.perf_counter()
-            xfdiff.compare(pt, fx, {"input_ids": ids}, progress=False, **kwargs)
-            totals.append(time.perf_counter() - t0)
-    finally:
-        for target, fn_name, fn in originals:
-            setattr(target, fn_name, fn)
-    out = {name: round(statistics.median(v), 4) for name, v in acc.items()}
-    out["total"] = round(statistics.median(totals), 4)
-    return out
+    return _pairs.stage_times(
+        lambda: xfdiff.compare(pt, fx, {"input_ids": ids}, progress=False, **kwargs), repeats, STAGES
+    )
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _pairs  # noqa: E402
 from _pairs import environment, hf_pair, llama_config, token_ids, write_result  # noqa: E402
 from bench_compare import bare_work  # noqa: E402
 
@@ -53,41 +54,7 @@ STAGES = {
 
 
 def stage_times(run, repeats: int, stages: dict | None = None) -> dict:
-    """Median seconds per stage of ``run()`` (stage functions wrapped with timers while it runs)."""
-    import importlib
-
-    stages = stages or STAGES
-    acc: dict[str, list[float]] = {name: [] for name in stages}
-    originals = []
-    for name, (module, attr) in stages.items():
-        owner = importlib.import_module(module)
-        cls, _, fn_name = attr.rpartition(".")
-        target = getattr(owner, cls) if cls else owner
-        fn = getattr(target, fn_name)
-        originals.append((target, fn_name, fn))
-
-        def timed_fn(*a, _fn=fn, _name=name, **k):
-            t0 = time.perf_counter()
-            try:
-                return _fn(*a, **k)
-            finally:
-                acc[_name][-1] += time.perf_counter() - t0
-
-        setattr(target, fn_name, timed_fn)
-    totals = []
-    try:
-        for _ in range(repeats):
-            for v in acc.values():
-                v.append(0.0)
-            t0 = time.perf_counter()
-            run()
-            totals.append(time.perf_counter() - t0)
-    finally:
-        for target, fn_name, fn in originals:
-            setattr(target, fn_name, fn)
-    out = {name: round(statistics.median(v), 4) for name, v in acc.items()}
-    out["total"] = round(statistics.median(totals), 4)
-    return out
+    return _pairs.stage_times(run, repeats, stages or STAGES)
 
 
 def main(argv=None) -> int:

@@ -90,7 +90,7 @@ def bare_work(pt, fx_fn, params, ids_t, fx_inputs):
 
 
 def stage_times(run, repeats: int) -> dict:
-    from bench_deep import stage_times as timed_stages
+    from _pairs import stage_times as timed_stages
 
     return timed_stages(run, repeats, STAGES)
 
