@@ -159,6 +159,8 @@ def main(argv=None) -> int:
         "full_mode_estimate_gib": round(rss_models + 2 * per_side, 1),
         "rows": len(report.layers),
         "final": {"status": report.final.status, "max_abs": report.final.max_abs, "rel_l2": report.final.rel_l2},
+        "verdict": report.verdict,
+        "verdict_reason": report.verdict_reason,
         "first_divergence": report.first_divergence and report.first_divergence.label,
         "statuses": {
             s: sum(1 for lyr in report.layers if lyr.status == s) for s in sorted({lyr.status for lyr in report.layers})
