@@ -93,6 +93,24 @@ def _pixels(size: int = 32) -> dict:
     return {"pixel_values": np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)}
 
 
+# A tiny BART-style encoder-decoder (BART, Blenderbot, ...).
+SEQ2SEQ_SMALL = dict(
+    vocab_size=100,
+    max_position_embeddings=64,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+)
+
+
+def _seq2seq_inputs() -> dict:
+    return {"input_ids": _ids(), "attention_mask": np.ones((2, 8), np.int64), "decoder_input_ids": _ids(seed=1)}
+
+
 CONV = dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
 CONVNETS = ("resnet-basic", "resnet-bottleneck", "regnet")
 
@@ -143,18 +161,8 @@ SPECS = {
         T.BartConfig,
         T.BartModel,
         T.FlaxBartModel,
-        dict(
-            vocab_size=100,
-            max_position_embeddings=64,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-        ),
-        {"input_ids": _ids(), "attention_mask": np.ones((2, 8), np.int64), "decoder_input_ids": _ids(seed=1)},
+        dict(SEQ2SEQ_SMALL),
+        _seq2seq_inputs(),
     ),
     "vit": lambda T: (
         T.ViTConfig,

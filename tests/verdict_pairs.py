@@ -8,8 +8,7 @@ axis (Blenderbot's positional embeddings).
 
 from __future__ import annotations
 
-import numpy as np
-from hf_pairs import SMALL, SPECS, _ids, _text, make_pair
+from hf_pairs import SEQ2SEQ_SMALL, SMALL, SPECS, _ids, _seq2seq_inputs, _text, make_pair
 
 BOUNDARY_SPECS = {
     "bert_mlm": lambda T: (
@@ -44,18 +43,8 @@ BOUNDARY_SPECS = {
         T.BlenderbotConfig,
         T.BlenderbotModel,
         T.FlaxBlenderbotModel,
-        dict(
-            vocab_size=100,
-            max_position_embeddings=64,
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=4,
-            decoder_attention_heads=4,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-        ),
-        {"input_ids": _ids(), "attention_mask": np.ones((2, 8), np.int64), "decoder_input_ids": _ids(seed=1)},
+        dict(SEQ2SEQ_SMALL),
+        _seq2seq_inputs(),
     ),
 }
 
