@@ -194,20 +194,21 @@ def _plain_pass(
     reference = sides.reference
     pairs = call_pairs(al, ref_trace, port_shape, reference)
     root = ref_trace.root()
+    lazy = not store.bounded  # arrays held in memory stay readable: small rows' detail may wait
     rows: list[Row] = []
     finals: list[Row] = []
 
     def work(rec: CallRecord) -> bool:
         made = []
         if rec.path == "" and root is not None:
-            final = make_row(Match(root, "root", 1.0), rec, tol, reference)
+            final = make_row(Match(root, "root", 1.0), rec, tol, reference, lazy=lazy)
             if final is not None:
                 finals.append(final)
                 made.append(final)
             store.done_with(root)
         m = pairs.get(rec.key)
         if m is not None:
-            row = make_row(m, rec, tol, reference, link_inputs=local)
+            row = make_row(m, rec, tol, reference, link_inputs=local, lazy=lazy)
             if row is not None:
                 rows.append(row)
                 made.append(row)

@@ -27,6 +27,7 @@ reference parameter onto the port's.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -189,10 +190,16 @@ def candidates(ref_shape: tuple, port_shape: tuple) -> list[Transform]:
     >>> [t.name for t in candidates((2, 5, 12), (2, 5, 3, 4))]
     ['split_heads']
     """
+    return list(_candidates(tuple(ref_shape), tuple(port_shape)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _candidates(ref_shape: tuple, port_shape: tuple) -> tuple[Transform, ...]:
+    """:func:`candidates`, once per pair of shapes (a deep model repeats a few shapes hundreds of times)."""
     rs, ps = tuple(int(d) for d in ref_shape), tuple(int(d) for d in port_shape)
     out = [IDENTITY] if rs == ps else []
     out += _axis_moves(rs, ps) + _reshapes(rs, ps) + _broadcasts(rs, ps) + _flatten_orders(rs, ps)
-    return out
+    return tuple(out)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

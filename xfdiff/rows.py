@@ -7,6 +7,8 @@ captured whole or runs call by call (see :mod:`xfdiff.engine`).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,7 +19,7 @@ from .layout import Transform, best_transform, candidates, input_layout
 from .localize import input_map
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
-from .stats.common import dtype_name
+from .stats.common import SMALL_MAX, dtype_name
 from .stats.dispatch import kind_of
 from .trace import CallRecord, Trace, to_host
 
@@ -65,11 +67,16 @@ def call_pairs(al: Alignment, ref_trace: Trace, port_trace: Trace, reference: st
     return out
 
 
-def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_inputs: bool = False) -> Row | None:
+def make_row(
+    m: Match, port: CallRecord, tol: Tolerance, reference: str, link_inputs: bool = False, lazy: bool = False
+) -> Row | None:
     """The row of one call pair; None when neither side returned floating-point outputs.
 
     ``link_inputs``: also find which reference input feeds each port input
-    (teacher forcing needs it, see :mod:`xfdiff.localize`).
+    (teacher forcing needs it, see :mod:`xfdiff.localize`). ``lazy``: the
+    arrays stay readable after the comparison (held in memory, not spilled),
+    so the detail of a small host row may wait until a view reads it (see
+    :class:`LazyDetail`).
     """
     ref = m.ref
     rt, rf = by_framework(reference, ref, port)
@@ -97,7 +104,7 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
     if not _device_ready(ref_out, port_out):
         to_host(ref)  # layout choices score transforms on the host
         to_host(port)
-    best = _measure(ref, port, tol)
+    best = _measure(ref, port, tol, lazy)
     if best is None:
         fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
         lyr.status = "shape_mismatch"
@@ -114,17 +121,162 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
     tk, fk = by_framework(reference, best.ref_key, best.port_key)
     lyr.torch_shape, lyr.flax_shape = tuple(rt.outputs[tk].shape), tuple(rf.outputs[fk].shape)
     lyr.torch_dtype, lyr.flax_dtype = dtype_name(rt.outputs[tk]), dtype_name(rf.outputs[fk])
-    det = best.detail
-    if det is None:
-        r = best.transform.forward(ref.outputs[best.ref_key])
-        det = stats_and_detail(r, port.outputs[best.port_key], best.atol, best.rtol, detail=True)[1]
-    lyr.detail = det
+    lyr.detail = best.detail if best.detail is not None else _detail_of(best, ref, port, lazy)
     row.ref_key, row.port_key, row.transform = best.ref_key, best.port_key, best.transform
     if link_inputs:
         to_host(ref)  # teacher forcing feeds these inputs to the port
         to_host(port)
         row.inputs_from_ref = input_map(ref, port)
     return row
+
+
+def _detail_of(best: Measured, ref: CallRecord, port: CallRecord, lazy: bool) -> dict:
+    """The detail arrays of the measured leaf pair: computed now, or on first read for a small host pair."""
+    r = best.transform.forward(ref.outputs[best.ref_key])
+    p = port.outputs[best.port_key]
+    atol, rtol = best.atol, best.rtol
+
+    def compute() -> dict:
+        return stats_and_detail(r, p, atol, rtol, detail=True)[1] or {}
+
+    if lazy and _lazy_ok(r, p):
+        return LazyDetail(compute)
+    return compute()
+
+
+def _lazy_ok(r: Any, p: Any) -> bool:
+    """Host arrays small enough that a report may hold them until its detail is read."""
+    return type(r) is np.ndarray and type(p) is np.ndarray and r.size <= SMALL_MAX and p.size <= SMALL_MAX
+
+
+class LazyDetail(dict):
+    """A row's detail arrays, computed the first time anything reads them.
+
+    Most rows of a comparison are never drawn, and for a small row the
+    histogram, worst elements, heatmap and samples cost more than its
+    statistics. The thunk holds the two measured arrays (small, host
+    memory); once computed it is dropped and this is an ordinary dict.
+    Every reading method fills it first, so readers (views, storage,
+    ``dict(d)``, ``{**d}``, pickling, ``==``) see the same arrays an eager
+    computation gives.
+    """
+
+    __slots__ = ("_make", "_lock")
+
+    def __init__(self, make: Callable[[], dict]):
+        super().__init__()
+        self._make: Callable[[], dict] | None = make
+        self._lock = threading.Lock()
+
+    def _fill(self) -> None:
+        if self._make is None:
+            return
+        with self._lock:
+            make = self._make
+            if make is not None:
+                dict.update(self, make())
+                self._make = None
+
+    @property
+    def computed(self) -> bool:
+        """Whether the arrays have been computed."""
+        return self._make is None
+
+    def __getitem__(self, key: str) -> Any:
+        self._fill()
+        return dict.__getitem__(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        self._fill()
+        return dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._fill()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._fill()
+        return dict.__len__(self)
+
+    def __eq__(self, other: object) -> bool:
+        self._fill()
+        if isinstance(other, LazyDetail):
+            other._fill()
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        self._fill()
+        return dict.__repr__(self)
+
+    def __reduce__(self) -> tuple:
+        return (dict, (self.copy(),))  # pickled and copied as a plain dict
+
+    def __or__(self, other: Any) -> dict:
+        return self.copy() | other
+
+    def __ror__(self, other: Any) -> dict:
+        return dict(other) | self.copy()
+
+    def keys(self):  # type: ignore[override]
+        self._fill()
+        return dict.keys(self)
+
+    def values(self):  # type: ignore[override]
+        self._fill()
+        return dict.values(self)
+
+    def items(self):  # type: ignore[override]
+        self._fill()
+        return dict.items(self)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self._fill()
+        return dict.get(self, key, default)
+
+    def copy(self) -> dict:
+        self._fill()
+        return dict(dict.items(self))
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._fill()
+        return dict.pop(self, key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._fill()
+        return dict.setdefault(self, key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._fill()
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._fill()
+        dict.__delitem__(self, key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._fill()
+        dict.update(self, *args, **kwargs)
+
+    def __ior__(self, other: Any) -> LazyDetail:
+        self.update(other)
+        return self
+
+    def __reversed__(self) -> Iterator[str]:
+        self._fill()
+        return dict.__reversed__(self)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._fill()
+        return dict.popitem(self)
+
+    def clear(self) -> None:
+        self._make = None
+        dict.clear(self)
 
 
 def _device_ready(ref_out: dict, port_out: dict) -> bool:
@@ -175,8 +327,11 @@ def pair_outputs(
     return pairs
 
 
-def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance) -> Measured | None:
-    """The worst matched output leaf, or None when no leaf pair fits a legal layout."""
+def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance, lazy: bool = False) -> Measured | None:
+    """The worst matched output leaf, or None when no leaf pair fits a legal layout.
+
+    A single leaf pair is measured with its detail in one pass, unless the detail may wait (``lazy``).
+    """
     ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
     best: tuple[Any, Measured] | None = None
     pairs = pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
@@ -184,7 +339,8 @@ def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance) -> Measu
         r = t.forward(ref_out[rk])
         p = port_out[pk]
         atol, rtol = tol.resolve(lower_precision(dtype_name(r), dtype_name(p)))
-        s, det = stats_and_detail(r, p, atol, rtol, detail=len(pairs) == 1)
+        eager = len(pairs) == 1 and not (lazy and _lazy_ok(r, p))
+        s, det = stats_and_detail(r, p, atol, rtol, detail=eager)
         key = (s.nonfinite_mismatch > 0, s.frac_outside > 0, s.tol_needed)
         if best is None or key > best[0]:
             best = (key, Measured(s, rk, pk, t, atol, rtol, det))

@@ -11,6 +11,7 @@ Canonical paths are dotted with integer components as digits
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 from collections.abc import Callable
@@ -38,6 +39,19 @@ def canonical_path(parts: tuple | list | str, method: str | None = None) -> str:
     >>> canonical_path("embed", method="attend")
     'embed.attend'
     """
+    key = parts if isinstance(parts, (str, tuple)) else tuple(parts)
+    try:
+        return _canonical_path(key, method)
+    except TypeError:  # an unhashable component
+        return _join(key, method)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _canonical_path(parts: tuple | str, method: str | None) -> str:
+    return _join(parts, method)
+
+
+def _join(parts: tuple | str, method: str | None) -> str:
     if isinstance(parts, str):
         parts = [p for p in re.split(r"[./]", parts) if p]
     out: list[str] = []

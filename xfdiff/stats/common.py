@@ -103,12 +103,23 @@ def is_float(a: Any, *, real: bool = False) -> bool:
     return dt.kind == "V" and dt.name.startswith(("bfloat", "float"))  # ml_dtypes
 
 
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
 def dtype_name(a: Any) -> str:
-    """numpy's name of ``a``'s dtype (``""`` without one)."""
-    try:
-        return np.dtype(a.dtype).name if hasattr(a, "dtype") else ""
-    except TypeError:  # a framework dtype numpy does not know (torch.float32)
-        return str(a.dtype).rpartition(".")[2]
+    """numpy's name of ``a``'s dtype (``""`` without one); remembered per dtype."""
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        return ""
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        try:
+            name = np.dtype(dt).name
+        except TypeError:  # a framework dtype numpy does not know (torch.float32)
+            name = str(dt).rpartition(".")[2]
+        if len(_DTYPE_NAMES) < 256:
+            _DTYPE_NAMES[dt] = name
+    return name
 
 
 def to_numpy(a: Any) -> np.ndarray:
