@@ -8,9 +8,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# dtypes whose CPU tensors numpy reads as they are (complex ones may carry a conjugate bit)
+_PLAIN = frozenset(
+    {
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    }
+)
+
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Copy a tensor to numpy (bfloat16 becomes ml_dtypes.bfloat16)."""
+    if type(t) is torch.Tensor and t.is_cpu and t.dtype in _PLAIN and not t.requires_grad:
+        return t.numpy().copy()  # the common case: a plain CPU activation
     t = t.detach()
     if t.is_conj():
         t = t.resolve_conj()

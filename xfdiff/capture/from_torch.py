@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,24 +38,29 @@ class CopyMemo:
 
     The same tensor reaches several hooks: a block's output is its last
     child's output, one normalised input feeds three projections. A tensor
-    seen again unchanged (same object, alive, same in-place write count)
-    reuses its copy. Only weak references are held, so nothing lives longer.
+    seen again unchanged (the same object, alive, same in-place write count
+    and storage) reuses its copy. Only weak references are held, so nothing
+    lives longer.
     """
 
     def __init__(self, on_device: bool = False) -> None:
-        self._seen: dict[tuple, tuple[ParamToken, Any]] = {}
+        self._seen: dict[tuple, tuple[weakref.ref, Any]] = {}
         # On the device: a detached clone stays where the tensor is (statistics run there, see DEVICE_ENV).
         self._copy = _device_copy if on_device else to_numpy
 
     def copy(self, t: torch.Tensor) -> Any:
-        tok = tensor_token(t)
-        if tok is None:  # sparse, nested, meta...: no identity to trust
+        try:  # ``_version`` counts in-place writes
+            key = (id(t), t._version, t.data_ptr())
+        except (RuntimeError, NotImplementedError, TypeError):  # sparse, nested, meta...: no identity to trust
             return to_numpy(t)
-        hit = self._seen.get(tok.key)
-        if hit is not None and hit[0].alive():
+        hit = self._seen.get(key)
+        if hit is not None and hit[0]() is t:
             return hit[1]
         a = self._copy(t)
-        self._seen[tok.key] = (tok, a)
+        try:
+            self._seen[key] = (weakref.ref(t), a)
+        except TypeError:  # no weak references: copied each time
+            pass
         return a
 
 
@@ -85,22 +91,43 @@ def _device_copy(t: torch.Tensor) -> torch.Tensor:
 def flatten(obj: Any, prefix: tuple = (), memo: CopyMemo | None = None) -> dict[str, np.ndarray]:
     """Tensors in nested tuples/lists/dicts/dataclasses, keyed by their path."""
     out: dict[str, np.ndarray] = {}
-    _walk(obj, prefix, out, memo.copy if memo is not None else to_numpy)
+    _walk(obj, leaf_key(prefix), out, memo.copy if memo is not None else to_numpy)
     return out
 
 
-def _walk(obj: Any, prefix: tuple, out: dict, copy: Any) -> None:
+def call_inputs(args: tuple, kwargs: dict, memo: CopyMemo | None = None) -> dict[str, np.ndarray]:
+    """The tensors of one call's arguments keyed ``args.*`` / ``kwargs.*``, in one walk."""
+    out: dict[str, np.ndarray] = {}
+    copy = memo.copy if memo is not None else to_numpy
+    _walk(args, "args", out, copy)
+    _walk(kwargs, "kwargs", out, copy)
+    return out
+
+
+_PASS = (type(None), bool, int, float, str)
+
+
+def _walk(obj: Any, key: str, out: dict, copy: Any) -> None:
+    """Copy the tensors under ``obj`` into ``out`` by their dotted key (``key`` is ``obj``'s own)."""
     if isinstance(obj, torch.Tensor):
-        out[leaf_key(prefix)] = copy(obj)
-    elif isinstance(obj, Mapping):
+        out[key] = copy(obj)
+        return
+    pre = key + "." if key else ""
+    if isinstance(obj, Mapping):
         for k, v in obj.items():
-            _walk(v, prefix + (k,), out, copy)
+            if isinstance(v, torch.Tensor):
+                out[f"{pre}{k}"] = copy(v)
+            elif type(v) not in _PASS:
+                _walk(v, f"{pre}{k}", out, copy)
     elif isinstance(obj, (tuple, list)):
         for i, v in enumerate(obj):
-            _walk(v, prefix + (i,), out, copy)
+            if isinstance(v, torch.Tensor):
+                out[f"{pre}{i}"] = copy(v)
+            elif type(v) not in _PASS:
+                _walk(v, f"{pre}{i}", out, copy)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
-            _walk(getattr(obj, f.name), prefix + (f.name,), out, copy)
+            _walk(getattr(obj, f.name), f"{pre}{f.name}", out, copy)
 
 
 def _replace(obj: Any, prefix: tuple, subst: dict[str, np.ndarray]) -> Any:
@@ -277,12 +304,12 @@ class TorchSide:
                 try:
                     s = subst.get((path, idx))
                     if s:
-                        own = {**flatten(args, ("args",), memo), **flatten(kwargs, ("kwargs",), memo)}
+                        own = call_inputs(args, kwargs, memo)
                         rec.raw_inputs = {k: v for k, v in own.items() if k in s}
                         args = _replace(args, ("args",), s)
                         kwargs = _replace(kwargs, ("kwargs",), s)
                         new = (args, kwargs)
-                    rec.inputs = {**flatten(args, ("args",), memo), **flatten(kwargs, ("kwargs",), memo)}
+                    rec.inputs = call_inputs(args, kwargs, memo)
                 except Exception as e:  # never break the user's forward
                     rec.error = f"input capture failed: {type(e).__name__}: {e}"
                 return new
