@@ -207,13 +207,15 @@ def _is_ancestor(anc: str, path: str) -> bool:
     return anc == ROOT and path != ROOT or path.startswith(anc + ".")
 
 
-def _ancestors(path: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 16)
+def _ancestors(path: str) -> tuple[str, ...]:
+    """The paths above ``path``, deepest first (cached: every alignment walks the same paths)."""
     out = []
     p = parent_path(path)
     while p is not None:
         out.append(p)
         p = parent_path(p)
-    return out  # deepest first
+    return tuple(out)
 
 
 # --- the algorithm ----------------------------------------------------------------------
@@ -302,7 +304,8 @@ def _memo_key(ta: Trace, tb: Trace, A: list[str], B: list[str], al: Alignment):
                 if tok is None:
                     return None, None
                 toks.append(tok)
-                keys.append((p, name, tok.key, np.shape(trace.params[p][name])))
+                v = trace.params[p][name]
+                keys.append((p, name, tok.key, v.shape if isinstance(v, np.ndarray) else np.shape(v)))
     first = {r.path: r.order for r in reversed(ta.records)}
     calls = (
         tuple(len(tb.calls_of(b)) for b in B),

@@ -324,6 +324,41 @@ def _small_kernel():
     return measure_small
 
 
+@functools.lru_cache(maxsize=1)
+def _small_stats_kernel():
+    """The statistics half of :func:`_small_kernel` alone (same order of operations, same sums)."""
+    numba = _numba()
+
+    @numba.njit(cache=True, nogil=True)
+    def stats_small(r, p, atol, rtol):  # pragma: no cover - compiled
+        s_abs = 0.0
+        s_rr = 0.0
+        s_dd = 0.0
+        s_pp = 0.0
+        mx = 0.0
+        need = 0.0
+        outside = 0
+        for f in range(r.size):
+            x = np.float64(r[f])
+            y = np.float64(p[f])
+            if not (np.isfinite(x) and np.isfinite(y)):
+                return False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0
+            ad = abs(y - x)
+            ar = rtol * abs(x)
+            s_abs += ad
+            s_rr += x * x
+            s_dd += ad * ad
+            s_pp += y * y
+            mx = ad if ad > mx else mx
+            t = ad - ar
+            need = t if t > need else need
+            if ad > atol + ar:
+                outside += 1
+        return True, s_abs, s_rr, s_dd, s_pp, mx, need, outside
+
+    return stats_small
+
+
 @functools.lru_cache(maxsize=4)
 def bucket_tables(log_lo: int, fine_per_decade: int, n_fine: int) -> tuple[np.ndarray, np.ndarray]:
     """``(base, edge)`` per float32 bucket: its first value's fine bin, and where the next bin starts.
@@ -520,6 +555,13 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
     sample) come from one kernel call, with the numpy reference's binning.
     """
     shape = ref.shape
+    if not detail:  # the statistics alone: a lighter call
+        finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside = _small_stats_kernel()(
+            np.ascontiguousarray(ref).reshape(-1), np.ascontiguousarray(port).reshape(-1), float(atol), float(rtol)
+        )
+        if not finite:
+            return None
+        return _small_stats(s_abs, s_rr, s_dd, s_pp, mx, need, outside, ref.size), None
     rows, cols, n, layout = _small_layout(shape, seed)
     got = _small_kernel()(
         np.ascontiguousarray(ref).reshape(rows, cols),
@@ -532,24 +574,7 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
     finite, s_abs, s_rr, s_dd, s_pp, mx, need, outside, n_exact, worst, heat, profile, edges, counts, idx = got
     if not finite:
         return None
-    nr, nd, npn = np.sqrt(s_rr), np.sqrt(s_dd), np.sqrt(s_pp)
-    if nr > 0 and npn > 0:
-        cosine = 1.0 - (s_dd - (nr - npn) ** 2) / (2.0 * nr * npn)  # no cancellation near cos = 1
-    else:
-        cosine = 1.0 if nd == 0 else 0.0
-    stats = common.Stats(
-        max_abs=float(mx),
-        mean_abs=float(s_abs / n),
-        rel_l2=float(nd / nr if nr > 0 else (0.0 if nd == 0 else np.inf)),
-        cosine=float(min(max(cosine, -1.0), 1.0)),
-        n_nonfinite=0,
-        nonfinite_mismatch=0,
-        frac_outside=outside / n,
-        tol_needed=float(need),
-        size=n,
-    )
-    if not detail:
-        return stats, None
+    stats = _small_stats(s_abs, s_rr, s_dd, s_pp, mx, need, outside, n)
     fr, fp = ref.reshape(-1), port.reshape(-1)
     det = {
         "shape": np.asarray(shape, dtype=np.int64),
@@ -566,6 +591,26 @@ def compare_small(ref: np.ndarray, port: np.ndarray, atol: float, rtol: float, d
     det["scatter_ref"] = fr[idx]
     det["scatter_port"] = fp[idx]
     return stats, det
+
+
+def _small_stats(s_abs, s_rr, s_dd, s_pp, mx, need, outside, n) -> common.Stats:
+    """:class:`~xfdiff.stats.common.Stats` from the small pass's float64 sums over ``n`` finite pairs."""
+    nr, nd, npn = np.sqrt(s_rr), np.sqrt(s_dd), np.sqrt(s_pp)
+    if nr > 0 and npn > 0:
+        cosine = 1.0 - (s_dd - (nr - npn) ** 2) / (2.0 * nr * npn)  # no cancellation near cos = 1
+    else:
+        cosine = 1.0 if nd == 0 else 0.0
+    return common.Stats(
+        max_abs=float(mx),
+        mean_abs=float(s_abs / n),
+        rel_l2=float(nd / nr if nr > 0 else (0.0 if nd == 0 else np.inf)),
+        cosine=float(min(max(cosine, -1.0), 1.0)),
+        n_nonfinite=0,
+        nonfinite_mismatch=0,
+        frac_outside=outside / n,
+        tol_needed=float(need),
+        size=n,
+    )
 
 
 def fingerprint_sums(a: Any) -> tuple[int, float, float, float, float] | None:
