@@ -1,7 +1,8 @@
-"""The device path (activations kept as torch tensors, statistics by the torch backend) gives the host path's report.
+"""The device path (activations kept as torch tensors and ``jax.Array``, statistics where they live) gives the
+host path's report.
 
-On a GPU machine a CUDA model takes this path by itself; here ``XFDIFF_DEVICE_STATS=1`` makes CPU
-tensors take it, so the same code runs in every session.
+On a GPU machine a CUDA model (or JAX on its GPU) takes this path by itself; here ``XFDIFF_DEVICE_STATS=1``
+makes CPU tensors and CPU JAX arrays take it, so the same code runs in every session.
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("jax")
 
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from reach_models import NnxLM, lm_pair, lm_params, randomize, tap_forward, token_ids, torch_from_nnx  # noqa: E402
+from reach_models import TorchLM as ReachLM  # noqa: E402
+
 import xfdiff  # noqa: E402
 from xfdiff import demo  # noqa: E402
+from xfdiff.capture._common import keep_on_device  # noqa: E402
 from xfdiff.capture.from_torch import DEVICE_ENV, TorchSide  # noqa: E402
+from xfdiff.capture.registry import side_for  # noqa: E402
+from xfdiff.stats import meet  # noqa: E402
+from xfdiff.stats.dispatch import stats_and_detail  # noqa: E402
 
 FIELDS = ("max_abs", "mean_abs", "rel_l2", "tol_needed", "frac_outside")
 
@@ -23,7 +35,9 @@ def _both(monkeypatch, pt, port, inputs, **kw):
     monkeypatch.setenv(DEVICE_ENV, "0")
     host = xfdiff.compare(pt, port, inputs, progress=False, **kw)
     monkeypatch.setenv(DEVICE_ENV, "1")
+    meet.reset_moves()
     dev = xfdiff.compare(pt, port, inputs, progress=False, **kw)
+    dev.meta["_moves"] = meet.moves()
     return host, dev
 
 
@@ -44,6 +58,8 @@ def _assert_same(host, dev):
     fa, fb = host.first_divergence, dev.first_divergence
     assert (fa and fa.torch_path) == (fb and fb.torch_path)
     assert [f.pitfall for f in host.findings] == [f.pitfall for f in dev.findings]
+    assert [f.torch_path for f in host.findings] == [f.torch_path for f in dev.findings]
+    assert host.meta.get("verdict") == dev.meta.get("verdict")
 
 
 def test_forced_device_capture_keeps_tensors_on_their_device(monkeypatch):
@@ -78,3 +94,158 @@ def test_flax_reference_with_a_torch_port_on_the_device_path(monkeypatch):
     pt, port, ids = demo.build_demo(bug=True)
     host, dev = _both(monkeypatch, pt, port, ids, local=True, reference="flax")
     _assert_same(host, dev)
+
+
+# --- one switch, both sides ---------------------------------------------------------------------
+
+
+def test_one_switch_decides_for_both_sides(monkeypatch):
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    assert keep_on_device(False) and keep_on_device(True)
+    monkeypatch.setenv(DEVICE_ENV, "0")
+    assert not keep_on_device(True) and not keep_on_device(False)
+    monkeypatch.delenv(DEVICE_ENV)
+    assert keep_on_device(True) and not keep_on_device(False)
+
+
+@pytest.mark.parametrize("framework", ["linen", "nnx", "jax"])
+def test_forced_jax_captures_keep_jax_arrays(monkeypatch, framework):
+    if framework == "linen":
+        _, port, ids = demo.build_demo()
+    elif framework == "nnx":
+        _, port, ids = lm_pair()
+    else:
+        pt = randomize(ReachLM())
+        port, ids = (tap_forward, lm_params(pt)), token_ids()
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    side = side_for(port, ids)
+    trace = side.capture()
+    assert trace.meta["on_device"] and trace.framework == framework
+    outs = [v for rec in trace.records for v in rec.outputs.values()]
+    assert len(trace.records) > 1 and outs and all(isinstance(v, jax.Array) for v in outs)
+    monkeypatch.setenv(DEVICE_ENV, "0")
+    trace = side_for(port, ids).capture()
+    assert not trace.meta["on_device"]
+    assert all(isinstance(v, np.ndarray) for rec in trace.records for v in rec.outputs.values())
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    trace = side_for(port, ids).capture()
+    meet.reset_moves()
+    xfdiff.trace.trace_to_host(trace)
+    assert all(isinstance(v, np.ndarray) for rec in trace.records for v in rec.outputs.values())
+    assert meet.moves()["host_values"] >= len(outs) and not trace.meta["on_device"]
+
+
+# --- the same report on both paths ----------------------------------------------------------------
+
+
+def _nnx_pair(bug: bool):
+    return lm_pair(bugs={1: {"eps": 1e-2}} if bug else None)
+
+
+def _tap_pair(bug: bool):
+    pt = randomize(ReachLM())
+    fn = functools.partial(tap_forward, bug_layer=1) if bug else tap_forward
+    return pt, (fn, lm_params(pt)), token_ids()
+
+
+def _reverse_pair(bug: bool):
+    ref = NnxLM(nnx_rngs())
+    port = torch_from_nnx(ref, {1: {"eps": 1e-2}} if bug else None)
+    return port, ref, token_ids(1)
+
+
+def nnx_rngs():
+    from flax import nnx
+
+    return nnx.Rngs(3)
+
+
+PAIRS = {"linen": lambda bug: demo.build_demo(bug=bug), "nnx": _nnx_pair, "tap": _tap_pair, "reverse": _reverse_pair}
+
+
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("pair", ["linen", "nnx", "tap", "reverse"])
+def test_buggy_port_gives_the_same_report_on_both_paths(monkeypatch, pair, local):
+    pt, port, ids = PAIRS[pair](True)
+    kw = {"reference": "flax"} if pair == "reverse" else {}
+    host, dev = _both(monkeypatch, pt, port, ids, local=local, **kw)
+    _assert_same(host, dev)
+    assert dev.first_divergence is not None
+    assert dev.meta["torch_meta"]["on_device"] and dev.meta["flax_meta"].get("on_device", True)
+    moved = dev.meta["_moves"]["host_values"]
+    assert moved > 0, "the detectors read the blamed rows on the host"
+
+
+_MOVES_GAP = pytest.mark.xfail(
+    reason="host moves are counted but not yet down to the rows read: parameters, splices and "
+    "the detectors' neighbours still move values",
+    strict=False,
+)
+
+
+@_MOVES_GAP
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("pair", ["linen", "nnx", "tap", "reverse"])
+def test_clean_port_moves_nothing_to_the_host(monkeypatch, pair, local):
+    pt, port, ids = PAIRS[pair](False)
+    kw = {"reference": "flax"} if pair == "reverse" else {}
+    host, dev = _both(monkeypatch, pt, port, ids, local=local, **kw)
+    _assert_same(host, dev)
+    assert dev.first_divergence is None and not dev.findings
+    moves = dev.meta["_moves"]
+    # The final logits are read once per side for the language-model metrics; nothing else crosses.
+    assert moves["host_values"] <= 2 and moves["host_fallbacks"] == 0, moves
+
+
+@_MOVES_GAP
+def test_a_buggy_run_moves_only_the_rows_it_reads(monkeypatch):
+    pt, port, ids = demo.build_demo(bug=True)
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    meet.reset_moves()
+    r = xfdiff.compare(pt, port, ids, progress=False, local=True)
+    moved = meet.moves()["host_values"]
+    monkeypatch.setenv(DEVICE_ENV, "0")
+    n_ref = len(TorchSide(pt, ids).capture().records)
+    # every record holds at least one value on each side: moving everything would be >= 2 * n_ref
+    assert 0 < moved < n_ref, (moved, n_ref)
+    assert r.first_divergence.torch_path == demo.BUG_PATH
+
+
+# --- DLPack ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_dlpack_hands_values_over_without_a_copy(dtype):
+    t = torch.arange(24, dtype=getattr(torch, dtype)).reshape(4, 6) / 7
+    meet.reset_moves()
+    j = meet.to_jax(t)
+    assert isinstance(j, jax.Array) and j.dtype == jnp.dtype(dtype) and j.shape == (4, 6)
+    np.testing.assert_array_equal(np.asarray(j, np.float32), t.float().numpy())
+    back = meet.to_torch(j)
+    assert back.dtype == t.dtype and torch.equal(back, t)
+    assert meet.moves()["host_fallbacks"] == 0 and meet.moves()["host_values"] == 0
+    if dtype == "float32":  # zero-copy: the tensor and the JAX array share their buffer
+        assert back.data_ptr() == t.data_ptr()
+    s, det = stats_and_detail(t, j, 1e-6, 1e-6, detail=True)  # a mixed pair meets on one device
+    assert s.max_abs == 0.0 and s.frac_outside == 0.0 and det is not None
+
+
+def test_a_non_contiguous_tensor_is_made_contiguous_first():
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    assert not t.is_contiguous()
+    meet.reset_moves()
+    j = meet.to_jax(t)
+    np.testing.assert_array_equal(np.asarray(j), t.numpy())
+    assert meet.moves()["host_fallbacks"] == 0
+
+
+def test_a_mixed_pair_is_measured_like_the_host_pair():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 48)).astype(np.float32)
+    b = a + rng.standard_normal((64, 48)).astype(np.float32) * 1e-3
+    host, hdet = stats_and_detail(a, b, 1e-4, 1e-4, detail=True)
+    dev, ddet = stats_and_detail(torch.from_numpy(a), jnp.asarray(b), 1e-4, 1e-4, detail=True)
+    for f in ("max_abs", "mean_abs", "rel_l2", "tol_needed", "frac_outside"):
+        assert getattr(dev, f) == pytest.approx(getattr(host, f), rel=1e-4)
+    assert set(ddet) == set(hdet)
+    assert meet.device_of(jnp.asarray(b)) == ("cpu", 0) == meet.device_of(torch.from_numpy(a))

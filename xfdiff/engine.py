@@ -14,14 +14,14 @@ from typing import Any, NamedTuple
 from .align import Alignment, align
 from .capture.registry import PORT, REFERENCE, side_for
 from .errors import AlignmentError, ConfigError, XfdiffError
-from .evidence import Evidence, Row, Side, by_framework, other
+from .evidence import Evidence, Row, Side, by_framework, other, rows_to_host
 from .localize import assign_blame, localize
 from .report import Report
 from .rows import Match, call_pairs, make_row
 from .runs import CallQueue, open_store, port_run
 from .splice import finish
 from .stats import Tolerance, as_tolerance
-from .trace import CallRecord, Trace, to_host, trace_to_host
+from .trace import CallRecord, Trace
 from .verdict import judge, settle
 
 
@@ -98,15 +98,14 @@ def compare(
         notes: list[str] = []
         if local and ev.rows:
             prog.step("teacher forcing")
-            _to_host(ev)  # the forced inputs go to the port from the host
             localize(ev, run, store, notes)
         else:
             assign_blame(ev.rows)
         report = _report(ev, sides, notes, local, store, run)
         report.findings = list(env_findings)
-        if any(r.layer.status != "ok" for r in ev.rows) or (ev.final and ev.final.layer.status != "ok"):
-            _to_host(ev)  # the floor, detectors and splices recompute on the host; a clean run moves nothing
         _judge(ev, report, sides.ref if reference == "torch" else None, prog)
+        # the detectors and splices recompute on the host: only the rows still blamed move (none on a clean run)
+        rows_to_host(ev, [r for r in ev.rows if r.layer.blame_order is not None])
         if diagnose:
             prog.step("diagnosing")
             report.findings += _diagnose(ev, report)
@@ -213,12 +212,7 @@ def _plain_pass(
                 rows.append(row)
                 made.append(row)
             store.done_with(m.ref)
-        bad = any(r.layer.status != "ok" for r in made)
-        if bad:  # a device capture's tensors of a row out of tolerance go to the host once
-            for r in made:
-                to_host(r.ref)
-                to_host(r.port)
-        return bad
+        return any(r.layer.status != "ok" for r in made)  # a row out of tolerance keeps its values
 
     queue = CallQueue(work, store)
     port_trace = run.run(queue.on_call)
@@ -234,12 +228,6 @@ def _plain_pass(
         tolerance=tol,
         final=finals[0] if finals else None,
     )
-
-
-def _to_host(ev: Evidence) -> None:
-    """Both traces' device tensors (a torch capture on its accelerator) as host arrays, once."""
-    trace_to_host(ev.ref.trace)
-    trace_to_host(ev.port.trace)
 
 
 def _report(ev: Evidence, sides: Sides, notes: list[str], local: bool, store: Any, run: Any) -> Report:

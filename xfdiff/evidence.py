@@ -141,3 +141,37 @@ class Evidence:
             if r.layer.torch_path == torch_path and r.layer.call_index == call_index:
                 return r
         return None
+
+
+def rows_to_host(ev: Evidence, rows: list[Row]) -> None:
+    """Host copies of the device values of ``rows`` and of every call inside them, in place.
+
+    A device capture keeps activations where they were computed; the
+    detectors read the rows still blamed after the rounding floor (and the
+    calls inside them) as numpy, so only those move, once. Nothing moves on
+    a clean comparison.
+    """
+    from .trace import to_host
+
+    ref_paths, port_paths = set(), set()
+    for row in rows:
+        for rec in (row.ref, row.port, row.port_local):
+            if rec is not None:
+                to_host(rec)
+        if row.gap is not None:
+            for rec in (row.gap[0].ref, row.gap[0].port, row.gap[0].port_local):
+                if rec is not None:
+                    to_host(rec)
+        ref_paths.add(row.ref.path)
+        port_paths.add(row.port.path)
+    for trace, paths in ((ev.ref.trace, ref_paths), (ev.port.trace, port_paths), (ev.port.local_trace, port_paths)):
+        if trace is None or not trace.meta.get("on_device") or not paths:
+            continue
+        if "" in paths:
+            for rec in trace.records:
+                to_host(rec)
+            continue
+        prefixes = tuple(p + "." for p in paths)
+        for rec in trace.records:
+            if rec.path.startswith(prefixes):
+                to_host(rec)

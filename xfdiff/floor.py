@@ -131,7 +131,7 @@ def measure(ev: Any, torch_side: Any, rows: list[Any]) -> dict[str, Any]:
 def _judge_output(ev: Any, row: Any, y64: np.ndarray | None, ylow: np.ndarray | None):
     """(e_port, floor, within, what) for the row's own output, or None."""
     port = _port_output(ev, row)
-    ref = row.torch.outputs.get(row.ref_key)
+    ref = _host(row.torch.outputs.get(row.ref_key))
     if y64 is None or port is None or ref is None or y64.shape != ref.shape:
         return None
     port = row.transform.inverse(port)
@@ -154,8 +154,8 @@ def _judge_gap(row: Any, child_inputs: list[dict[str, np.ndarray]]):
 
     child, pk = row.gap
     rk = child.input_map.get(pk)
-    raw = child.port_local.raw_inputs.get(pk) if child.port_local is not None else None
-    ref = child.torch.inputs.get(rk) if rk is not None else None
+    raw = _host(child.port_local.raw_inputs.get(pk) if child.port_local is not None else None)
+    ref = _host(child.torch.inputs.get(rk) if rk is not None else None)
     if raw is None or ref is None:
         return None
     t, _ = best_transform(ref, raw)
@@ -194,7 +194,7 @@ def _atol(row: Any) -> float:
 def _own_output_bad(row: Any) -> bool:
     """Whether the row's own teacher-forced output is out of the plain tolerance."""
     port = _port_output(None, row)
-    ref = row.torch.outputs.get(row.ref_key)
+    ref = _host(row.torch.outputs.get(row.ref_key))
     if port is None or ref is None:
         return False
     port = row.transform.inverse(port)
@@ -210,7 +210,16 @@ def _port_output(ev: Any, row: Any) -> np.ndarray | None:
     rec = row.port_local if row.port_local is not None else row.port
     if rec is None or row.port_key not in rec.outputs:
         return None
-    return np.asarray(rec.outputs[row.port_key])
+    return np.asarray(_host(rec.outputs[row.port_key]))
+
+
+def _host(a: Any) -> Any:
+    """A value the floor reads, on the host (a device capture's value of a judged row is copied once here)."""
+    if a is None:
+        return None
+    from .stats.meet import to_host
+
+    return to_host(a)
 
 
 def _low_dtype(torch: Any, row: Any, port_params_dtype: str | None):

@@ -28,7 +28,8 @@ MAX_LISTED = 4096  # per-position values kept in the report (the first positions
 
 def looks_like_logits(ref: np.ndarray, port: np.ndarray) -> bool:
     """A float array of rank >= 2 whose last axis is a vocabulary, the same on both sides."""
-    return ref.shape == port.shape and ref.ndim >= 2 and ref.shape[-1] >= MIN_VOCAB and ref.size > 0
+    shape = tuple(ref.shape)
+    return shape == tuple(port.shape) and len(shape) >= 2 and shape[-1] >= MIN_VOCAB and all(shape)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -103,6 +104,9 @@ def attach(ev: Any, report: Any) -> None:
     port = port_rec.outputs[fr.port_key]
     if not looks_like_logits(ref, port):
         return
+    from .stats.meet import to_host  # device captures: the final logits are read on the host once
+
+    ref, port = to_host(ref), to_host(port)
     m = lm_metrics(ref, port, fr.layer.atol, fr.layer.rtol)
     m["output"] = fr.ref_key
     lyr = report.final

@@ -22,6 +22,8 @@ from .evidence import Evidence, Row
 from .layout import Transform, best_transform, candidates
 from .runs import CallQueue
 from .stats import Stats, stats_and_detail, status_of
+from .stats.dispatch import kind_of
+from .stats.meet import to_host, to_jax, to_torch
 from .trace import CallRecord, Trace
 
 
@@ -40,7 +42,7 @@ def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str,
             out[pk] = (fits[0][0], candidates(fits[0][1].shape, pv.shape)[0])
             continue
         for rk, rv in fits:
-            t, err = best_transform(rv, pv)
+            t, err = best_transform(to_host(rv), to_host(pv))  # a choice to score: on the host (rare)
             if t is None:
                 continue
             same_name = rk.split(".")[-1] == pk.split(".")[-1]
@@ -59,18 +61,36 @@ class ForcedInputs(Mapping):
     spilled reference is read from disk one call at a time.
     """
 
-    def __init__(self, row: Row):
+    def __init__(self, row: Row, port_framework: str = "flax"):
         self.ref, self.links = row.ref, row.inputs_from_ref
+        self.port_framework = port_framework
 
-    def __getitem__(self, pk: str) -> np.ndarray:
+    def __getitem__(self, pk: str) -> Any:
         rk, t = self.links[pk]
-        return np.ascontiguousarray(t.forward(self.ref.inputs[rk]))
+        v = forward(t, self.ref.inputs[rk])
+        kind = kind_of(v)
+        if kind == "numpy":
+            return np.ascontiguousarray(v)
+        # A device value goes to the port's framework on its device (DLPack where it can), not through numpy.
+        if self.port_framework == "torch":
+            return to_torch(v) if kind == "jax" else v
+        return to_jax(v) if kind == "torch" else v
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.links)
 
     def __len__(self) -> int:
         return len(self.links)
+
+
+_RESHAPES = frozenset({"identity", "squeeze", "merge_heads", "split_heads", "merge_leading", "split_leading"})
+
+
+def forward(t: Transform, a: Any) -> Any:
+    """``t.forward(a)``; a device value stays on its device for the reshapes, else is read on the host."""
+    if t.name in _RESHAPES or kind_of(a) == "numpy":
+        return t.forward(a)
+    return t.forward(to_host(a))
 
 
 class _Gap(NamedTuple):
@@ -90,7 +110,11 @@ def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
     row's ``inputs_from_ref`` (filled by :func:`xfdiff.rows.make_row`) says
     what its port call is fed.
     """
-    subst = {(row.port.path, row.port.call_index): ForcedInputs(row) for row in ev.rows if row.inputs_from_ref}
+    subst = {
+        (row.port.path, row.port.call_index): ForcedInputs(row, ev.port.framework)
+        for row in ev.rows
+        if row.inputs_from_ref
+    }
     port_row = {row.port.key: row for row in ev.rows}
     # Detectors read a composite culprit's children under teacher forcing, and children
     # return before their parent: keep the calls inside any module that diverged.
@@ -138,7 +162,7 @@ def _local_error(row: Row, lrec: CallRecord) -> None:
     lyr = row.layer
     row.port_local = lrec
     missing = [k for k in row.port.float_inputs() if k not in row.inputs_from_ref]
-    r = row.transform.forward(row.ref.outputs[row.ref_key])
+    r = forward(row.transform, row.ref.outputs[row.ref_key])
     p = lrec.outputs[row.port_key]
     s, _ = stats_and_detail(r, p, lyr.atol, lyr.rtol)
     lyr.local_max_abs, lyr.local_mean_abs, lyr.local_rel_l2 = s.max_abs, s.mean_abs, s.rel_l2
@@ -163,7 +187,7 @@ def _gap_stats(row: Row, lrec: CallRecord) -> tuple[Stats, str] | None:
         ref = row.ref.inputs[rk]
         if raw is None or _fill_like(ref):
             continue  # masks and fill values are compared by the pitfall detectors, not here
-        s, _ = stats_and_detail(t.forward(ref), raw, row.layer.atol, row.layer.rtol)
+        s, _ = stats_and_detail(forward(t, ref), raw, row.layer.atol, row.layer.rtol)
         if worst is None or s.max_abs > worst[0].max_abs:
             worst = (s, pk)
     return worst
@@ -217,9 +241,9 @@ def _sibling_explains(parent: Row, row: Row, trace: Trace, port_row: dict) -> bo
 
 def _fill_like(ref: np.ndarray) -> bool:
     """Non-finite or huge values (an attention mask, a fill value); no temporary arrays."""
-    if not ref.size:
+    if not all(ref.shape):
         return False
-    hi, lo = float(np.max(ref)), float(np.min(ref))
+    hi, lo = float(ref.max()), float(ref.min())  # numpy, torch or JAX: two scalars cross to the host
     return not (np.isfinite(hi) and np.isfinite(lo)) or max(hi, -lo) >= 1e4
 
 

@@ -124,8 +124,6 @@ def make_row(
     lyr.detail = best.detail if best.detail is not None else _detail_of(best, ref, port, lazy)
     row.ref_key, row.port_key, row.transform = best.ref_key, best.port_key, best.transform
     if link_inputs:
-        to_host(ref)  # teacher forcing feeds these inputs to the port
-        to_host(port)
         row.inputs_from_ref = input_map(ref, port)
     return row
 
@@ -282,11 +280,11 @@ class LazyDetail(dict):
 def _device_ready(ref_out: dict, port_out: dict) -> bool:
     """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its namesake as is.
 
-    Device tensors (a torch capture on its accelerator) are measured where
+    Device values (torch tensors, JAX arrays of a device capture) are measured where
     they live when nothing needs choosing: every output leaf has a port leaf
     of the same key and shape (identity layout, the common case).
     """
-    if all(kind_of(v) != "torch" for v in (*ref_out.values(), *port_out.values())):
+    if all(kind_of(v) == "numpy" for v in (*ref_out.values(), *port_out.values())):
         return True
     for k, v in ref_out.items():
         pv = port_out.get(k)

@@ -33,6 +33,8 @@ import numpy as np
 from .errors import XfdiffError
 from .evidence import Evidence, Row
 from .stats import stats_and_detail
+from .stats.dispatch import kind_of
+from .stats.meet import to_host
 
 
 class Err(NamedTuple):
@@ -197,7 +199,12 @@ def _output_subst(ev: Evidence, row: Row) -> dict:
             continue
         if v.shape == pv.shape:
             leaves[pk] = v
-    return {(port.path, port.call_index): {k: np.asarray(v).astype(port_out[k].dtype) for k, v in leaves.items()}}
+    return {(port.path, port.call_index): {k: _like(v, port_out[k]) for k, v in leaves.items()}}
+
+
+def _like(v: Any, like: Any) -> Any:
+    """``v`` with ``like``'s dtype; a device value stays where it is (the port's capture casts it)."""
+    return np.asarray(v).astype(like.dtype) if kind_of(v) == "numpy" else v
 
 
 def _fix_subst(ev: Evidence, row: Row, fixed: Any) -> dict | None:
@@ -233,11 +240,12 @@ class _Runner:
         self.ev, self.side = ev, port_side
         self.runs, self.failed = 0, 0
         fr = ev.final
-        self.ref_final = fr.transform.forward(_ref_rec(ev, fr).outputs[fr.ref_key])
+        self.ref_final = fr.transform.forward(to_host(_ref_rec(ev, fr).outputs[fr.ref_key]))
         self.atol, self.rtol = fr.layer.atol, fr.layer.rtol
         self.before = self.measure(_port_rec(ev, fr).outputs[fr.port_key])
 
     def measure(self, out: np.ndarray) -> Err:
+        out = to_host(out)  # a device capture's final output: read on the host (the final row is out of tolerance)
         s, _ = stats_and_detail(self.ref_final, out, self.atol, self.rtol)
         d = np.asarray(out, dtype=np.float64) - np.asarray(self.ref_final, dtype=np.float64)
         sq = float(np.sum(np.square(d[np.isfinite(d)]))) if np.all(np.isfinite(d)) else float("inf")

@@ -207,19 +207,21 @@ def derived(token: ParamToken | None, what: str, make: Callable[[], Any]) -> Any
 
 
 def to_host(rec: CallRecord) -> None:
-    """Replace the torch tensors a device capture left in ``rec`` with host numpy copies, in place.
+    """Replace the device values a capture left in ``rec`` (torch tensors, ``jax.Array``) with host numpy
+    copies, in place.
 
     A capture on an accelerator keeps activations where they were computed
-    (statistics run there); a record whose tensors are needed on the host
-    (an out-of-tolerance row, teacher forcing, diagnosis) is moved once.
+    (statistics run there); a record whose values are read on the host (an
+    out-of-tolerance row the detectors examine) is moved once, through
+    :func:`xfdiff.stats.meet.to_host`, which counts what it moves.
     """
     for name in ("inputs", "outputs", "raw_inputs"):
         leaves = getattr(rec, name, None)
-        if not leaves or not any(kind_of(v) == "torch" for v in leaves.values()):
+        if not leaves or all(kind_of(v) == "numpy" for v in leaves.values()):
             continue
-        from .capture._torch import to_numpy  # only reached when torch tensors are held, so torch is imported
+        from .stats.meet import to_host as host_copy
 
-        setattr(rec, name, {k: to_numpy(v) if kind_of(v) == "torch" else v for k, v in leaves.items()})
+        setattr(rec, name, {k: host_copy(v) for k, v in leaves.items()})
 
 
 def trace_to_host(trace: Trace) -> None:

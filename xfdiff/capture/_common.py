@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import numpy as np
 
 SCALARS = (bool, int, float, str)
+
+#: ``XFDIFF_DEVICE_STATS=1`` keeps every captured activation on its device (a torch tensor or a
+#: ``jax.Array``, CPU included), where the statistics are computed; ``=0`` copies them all to host
+#: numpy at capture time. Unset: each side decides by where it runs (see :func:`keep_on_device`).
+DEVICE_ENV = "XFDIFF_DEVICE_STATS"
+
+
+def keep_on_device(default: bool) -> bool:
+    """Whether a capture keeps its activations where they were computed (see :data:`DEVICE_ENV`).
+
+    ``default`` is the side's own answer when the switch is unset: True for a torch model on an
+    accelerator or a JAX side whose default backend is not the CPU (on the CPU the host
+    kernels are faster and copies cost little).
+    """
+    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+    if forced in ("1", "on", "true", "yes"):
+        return True
+    if forced in ("0", "off", "false", "no"):
+        return False
+    return default
+
+
 _MAX_TUPLE = 8
 
 

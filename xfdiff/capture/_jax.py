@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..trace import ParamToken
-from ._common import leaf_key
+from ._common import keep_on_device, leaf_key
 
 # Errors raised while tracing a model that needs concrete values: run it eagerly instead of under jax.jit.
 CONCRETE_ERRORS: tuple[type[BaseException], ...] = (
@@ -66,10 +66,20 @@ def replace_leaves(obj: Any, prefix: tuple, subst: Mapping[str, Any], skip: Call
     for path, leaf in leaves:
         key = leaf_key(prefix + tuple(key_str(p) for p in path))
         if key in subst and is_array(leaf) and not (skip is not None and skip(leaf)):
-            new.append(jnp.asarray(subst[key], dtype=leaf.dtype).reshape(leaf.shape))
+            new.append(jnp.asarray(as_jax(subst[key]), dtype=leaf.dtype).reshape(leaf.shape))
         else:
             new.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def as_jax(v: Any) -> Any:
+    """A value given to a JAX run (teacher forcing, splicing) as a JAX array: a torch tensor through
+    DLPack on its device (:func:`xfdiff.stats.meet.to_jax`), anything else through ``jnp.asarray``."""
+    if type(v).__module__.startswith("torch"):
+        from ..stats.meet import to_jax
+
+        return to_jax(v)
+    return jnp.asarray(v)
 
 
 def add_param(out: dict, tokens: dict | None, owner: str, name: str, value: Any) -> None:
@@ -123,3 +133,19 @@ def to_host(v: Any) -> np.ndarray:
     if isinstance(v, jax.ShapeDtypeStruct):
         return shape_placeholder(v.shape, v.dtype)
     return np.asarray(v)
+
+
+def device_mode() -> bool:
+    """Whether a JAX capture keeps its activations as ``jax.Array`` where they were computed.
+
+    On by default when JAX's default backend is an accelerator; ``XFDIFF_DEVICE_STATS``
+    forces it either way (see :func:`~xfdiff.capture._common.keep_on_device`).
+    """
+    return keep_on_device(jax.default_backend() != "cpu")
+
+
+def keep(v: Any, on_device: bool) -> Any:
+    """A recorded value: the ``jax.Array`` itself on the device path, else its host copy (:func:`to_host`)."""
+    if on_device and isinstance(v, jax.Array):
+        return v
+    return to_host(v)

@@ -42,6 +42,11 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 def from_numpy(a: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
     """A tensor holding a copy of ``a`` (bfloat16 kept), with ``like``'s dtype and device when given."""
+    if not isinstance(a, np.ndarray) and hasattr(a, "__dlpack__"):  # a device value: no trip through the host
+        from ..stats.meet import to_torch
+
+        t = to_torch(a).clone()
+        return t if like is None else t.to(dtype=like.dtype, device=like.device)
     a = np.asarray(a)
     if a.dtype.name == "bfloat16":
         t = torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)

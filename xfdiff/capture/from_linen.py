@@ -30,14 +30,23 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 from ..errors import CaptureError, InternalError, ModelTypeError
 from ..trace import CallRecord, Trace, canonical_path
 from ._common import config_of, is_output_leaf
-from ._jax import CONCRETE_ERRORS, add_param, flatten_leaves, is_array, replace_leaves, to_host, to_jax_inputs
+from ._jax import (
+    CONCRETE_ERRORS,
+    add_param,
+    as_jax,
+    device_mode,
+    flatten_leaves,
+    is_array,
+    keep,
+    replace_leaves,
+    to_jax_inputs,
+)
 from ._linen_calls import Calls, Static, batch_axes, fetch_at_run_time, group_start, host_calls, inner_tracer
 from .base import Substitute
 
@@ -114,7 +123,7 @@ class _LazyValues(Mapping):
 
     def __getitem__(self, key: str):
         path, idx, leaf = key.rsplit("#", 2)
-        return jnp.asarray(self._subst[(path, int(idx))][leaf])
+        return as_jax(self._subst[(path, int(idx))][leaf])
 
     def __iter__(self):
         return (f"{p}#{i}#{leaf}" for (p, i), d in self._subst.items() for leaf in d)
@@ -392,7 +401,7 @@ class LinenSide:
         if on_call is not None:
             sub_vals = _LazyValues(subst)
         else:
-            sub_vals = {f"{p}#{i}#{leaf}": jnp.asarray(a) for (p, i), d in subst.items() for leaf, a in d.items()}
+            sub_vals = {f"{p}#{i}#{leaf}": as_jax(a) for (p, i), d in subst.items() for leaf, a in d.items()}
         leaves, treedef = jax.tree_util.tree_flatten((self.args, self.kwargs))
         dyn_idx = [i for i, x in enumerate(leaves) if isinstance(x, (jax.Array, np.ndarray))]
         run = _make_run(
@@ -435,7 +444,10 @@ class LinenSide:
             ) from e
         if shapes_only:
             values = calls.shape_values
-        return self._trace(calls, [to_host(v) for v in values], jit)
+        on_device = not shapes_only and on_call is None and device_mode()
+        trace = self._trace(calls, [keep(v, on_device) for v in values], jit)
+        trace.meta["on_device"] = on_device
+        return trace
 
     def _trace(self, calls: Calls, host: list, jit: bool) -> Trace:
         trace = Trace(side="flax", framework="linen")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +25,8 @@ import torch
 
 from ..errors import CaptureError, InputError, ModelTypeError
 from ..trace import CallRecord, ParamToken, Trace, canonical_path
-from ._common import leaf_key, split_substitute
+from ._common import DEVICE_ENV as DEVICE_ENV  # re-exported: the switch's historical home
+from ._common import keep_on_device, leaf_key, split_substitute
 from ._torch import from_numpy, to_numpy
 from .base import Substitute
 
@@ -64,21 +64,10 @@ class CopyMemo:
         return a
 
 
-#: ``XFDIFF_DEVICE_STATS=1`` keeps every captured activation a torch tensor on its device (CPU included,
-#: to test the device path); ``=0`` copies them all to host numpy at hook time. Unset: accelerator
-#: tensors stay on their device, CPU ones are copied to numpy (cheap there, and the host kernels are faster).
-DEVICE_ENV = "XFDIFF_DEVICE_STATS"
-
-
 def device_mode(model: torch.nn.Module) -> bool:
     """Whether a capture of ``model`` keeps its activations on the device (see :data:`DEVICE_ENV`)."""
-    forced = os.environ.get(DEVICE_ENV, "").strip().lower()
-    if forced in ("1", "on", "true", "yes"):
-        return True
-    if forced in ("0", "off", "false", "no"):
-        return False
     dev = model_device(model)
-    return dev is not None and dev.type not in ("cpu", "meta")
+    return keep_on_device(dev is not None and dev.type not in ("cpu", "meta"))
 
 
 def _device_copy(t: torch.Tensor) -> torch.Tensor:

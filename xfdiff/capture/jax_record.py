@@ -26,13 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..tap import _active, set_recorder
 from ..trace import CallRecord, Trace, canonical_path
 from ._common import is_output_leaf
-from ._jax import CONCRETE_ERRORS, flatten_leaves, replace_leaves
+from ._jax import CONCRETE_ERRORS, as_jax, device_mode, flatten_leaves, keep, replace_leaves
 from .base import Substitute
 
 DIRECT, CALLBACK, UNORDERED = "direct", "callback", "unordered"
@@ -47,7 +46,7 @@ class Escaped(Exception):
 
 def substitute_arrays(substitute: Substitute | None) -> dict[str, Any]:
     """Substituted values keyed ``path#index#leaf`` (passed to the jitted run as arguments)."""
-    return {f"{p}#{i}#{leaf}": jnp.asarray(a) for (p, i), d in (substitute or {}).items() for leaf, a in d.items()}
+    return {f"{p}#{i}#{leaf}": as_jax(a) for (p, i), d in (substitute or {}).items() for leaf, a in d.items()}
 
 
 class Recorder:
@@ -76,6 +75,7 @@ class Recorder:
         self.scope: list[str] = []  # paths of the NNX module calls now running (taps inside are relative)
         self.tap_skip: Callable[[Any], bool] | None = None  # subtrees a tapped step does not take as inputs
         self.token: Any = None  # which capture an NNX module's path tag belongs to
+        self.on_device = device_mode()  # records keep jax.Array values (statistics run where they live)
 
     # --- at call time ----------------------------------------------------------------
     def call(
@@ -176,9 +176,10 @@ class Recorder:
     def _record(self, entry: int, idx: int, ins, outs, raw) -> CallRecord:
         path, typ, method, _, _ = self.statics[entry]
         rec = CallRecord(path=path, call_index=idx, module_type=typ, method=method)
-        rec.inputs = {k: np.asarray(v) for k, v in ins.items()}
-        rec.outputs = {k: np.asarray(v) for k, v in outs.items()}
-        rec.raw_inputs = {k: np.asarray(v) for k, v in raw.items()}
+        dev = self.on_device
+        rec.inputs = {k: keep(v, dev) for k, v in ins.items()}
+        rec.outputs = {k: keep(v, dev) for k, v in outs.items()}
+        rec.raw_inputs = {k: keep(v, dev) for k, v in raw.items()}
         return rec
 
     # --- after the run --------------------------------------------------------------
@@ -199,6 +200,7 @@ class Recorder:
             trace.module_types.setdefault(rec.path, rec.module_type)
         for path, _, _, cfg, _ in self.statics:
             trace.config.setdefault(path, cfg)
+        trace.meta["on_device"] = self.on_device
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ Adding a backend is one module and one line: e.g. ``_torch.py`` (torch ops on
 the tensor's own device) offers the operations above, imports only
 :mod:`xfdiff.stats.common` (its framework inside the functions, never at
 import), and is named in :data:`ROUTES` as ``"torch": ("_torch",)``. A pair
-of two frameworks (a torch tensor and a JAX array) is read on the host by
-numpy.
+of two frameworks (a torch tensor and a JAX array) first meets on one device
+(:func:`xfdiff.stats.meet.meet`: DLPack where the device is shared) and is
+measured there by that framework's backend.
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ def pair_kind(ref: Any, port: Any) -> str:
     return kp if kr == "numpy" else "numpy"  # two different frameworks: both read on the host
 
 
+def _met(ref: Any, port: Any) -> tuple[Any, Any]:
+    """A torch tensor and a JAX array brought to one framework on one device (other pairs as they are)."""
+    kr, kp = kind_of(ref), kind_of(port)
+    if kr != kp and kr != "numpy" and kp != "numpy":
+        from .meet import meet
+
+        return meet(ref, port)
+    return ref, port
+
+
 def _backend(name: str) -> Any:
     mod = _MODULES.get(name)
     if mod is None:
@@ -90,6 +101,7 @@ def _first(op: str, kind: str, *args: Any, fallback: bool = True) -> Any:
 
 def backend_for(ref: Any, port: Any, atol: float = 0.0, rtol: float = 0.0) -> str:
     """Name of the backend that measures this pair (runs the measurement, without detail)."""
+    ref, port = _met(ref, port)
     for name in ROUTES.get(pair_kind(ref, port), ()):
         fn = getattr(_backend(name), "compare", None)
         if fn is not None and fn(ref, port, atol, rtol, False, 0) is not None:
@@ -109,6 +121,7 @@ def stats_and_detail(
     >>> (s.max_abs, s.frac_outside, det)
     (0.5, 1.0, None)
     """
+    ref, port = _met(ref, port)
     return _first("compare", pair_kind(ref, port), ref, port, atol, rtol, detail, seed)
 
 
@@ -123,6 +136,7 @@ def fingerprint_sums(a: Any) -> tuple[int, float, float, float, float]:
 
 def max_abs_diff(a: Any, b: Any) -> float:
     """``max |a - b|`` in float32 (NaN when either holds NaN)."""
+    a, b = _met(a, b)
     return _first("max_abs_diff", pair_kind(a, b), a, b)
 
 
@@ -132,6 +146,7 @@ def rel_l2(ref: Any, port: Any) -> float:
     >>> rel_l2(np.array([3.0, 4.0]), np.array([3.0, 4.5]))
     0.1
     """
+    ref, port = _met(ref, port)
     got = _first("compare", pair_kind(ref, port), ref, port, 0.0, 0.0, False, 0, fallback=False)
     if got is not None and np.isfinite(got[0].rel_l2):
         return got[0].rel_l2
