@@ -107,12 +107,6 @@ SCAN_STACK = pytest.mark.xfail(
     "cannot be fingerprint-paired with per-layer torch Linear weights, and teacher forcing inside remat fails "
     "(host callbacks are an effect remat's partial evaluation rejects), so coverage stays at 50%",
 )
-VALUE_PAIRED_FORCING = pytest.mark.xfail(
-    strict=True,
-    reason="torch TransformerEncoderLayer's dropout2 is paired by value with the port's MlpBlock (their outputs "
-    "agree), but their inputs do not correspond, so teacher forcing feeds the MlpBlock the wrong tensor and "
-    "the error is blamed on the dropout rather than on encoder.layers.1",
-)
 
 PAIRS = [
     "mnist_linen_cnn",
@@ -199,10 +193,7 @@ BUGS = {
     "shared_block_reused": ({"block"}, "shared", "gelu_approximate"),
 }
 
-BUG_PAIRS = [
-    pytest.param(n, marks=VALUE_PAIRED_FORCING) if n == "lm1b_vs_torch_transformer_encoder" else n
-    for n in PAIRS[:2] + ["lm1b_flax_default_eps"] + PAIRS[2:]
-]
+BUG_PAIRS = PAIRS[:2] + ["lm1b_flax_default_eps"] + PAIRS[2:]
 
 
 @pytest.mark.parametrize("name", BUG_PAIRS)
@@ -255,12 +246,6 @@ def test_tap_paths_are_kept_as_the_port_wrote_them():
     assert {"blocks.0.attn.c_attn", "blocks.1.mlp.c_fc", "ln_f"} <= flax_paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace.canonical_path rewrites every 'name_<digits>' component as 'name.<digits>' (the linen list "
-    "convention), also for tap paths: the port's 'blocks.0.ln_1' is reported as 'blocks.0.ln.1' and "
-    "Report.layer('blocks.0.ln_1') raises LayerNotFound",
-)
 def test_tap_names_with_an_underscore_digit_suffix_are_not_rewritten():
     r = _report("picogpt_step_taps", False)
     assert r.layer("blocks.0.ln_1").torch_path == "blocks.0.norm_attn"
@@ -275,3 +260,15 @@ def test_tap_names_with_an_underscore_digit_suffix_are_not_rewritten():
 def test_missing_attention_scale_is_named_in_a_fused_qkv_reference():
     r = _report("linen_vit_vs_timm", True)
     assert [(f.pitfall, f.torch_path) for f in r.findings] == [("attention_scale", "blocks.1.attn")]
+
+
+def test_value_paired_calls_whose_inputs_differ_are_not_forced():
+    # dropout2 (input: linear2's output) and the port's MlpBlock (input: the normed stream) return the same tensor
+    r = _report("lm1b_vs_torch_transformer_encoder", True)
+    drop = r.layer("encoder.layers.1.dropout2")
+    assert drop.flax_path == "decoderblock.1.mlp" and drop.match.startswith("values")
+    assert drop.unverified_inputs and drop.local_max_abs is None and drop.blame_order is None
+    assert "inputs unverified" in drop.note
+    # the value-paired layer itself takes the same input on both sides: forced, and blamed
+    layer = r.layer("encoder.layers.1")
+    assert layer.match.startswith("values") and not layer.unverified_inputs and layer.local_status == "diverged"

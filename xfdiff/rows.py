@@ -14,7 +14,7 @@ import numpy as np
 from .align import Alignment
 from .evidence import Row, by_framework
 from .layout import Transform, best_transform, candidates, input_layout
-from .localize import input_map
+from .localize import input_map, mark_unverified_inputs
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
 from .stats.common import dtype_name
@@ -124,6 +124,7 @@ def make_row(m: Match, port: CallRecord, tol: Tolerance, reference: str, link_in
         to_host(ref)  # teacher forcing feeds these inputs to the port
         to_host(port)
         row.inputs_from_ref = input_map(ref, port)
+        mark_unverified_inputs(row)
     return row
 
 

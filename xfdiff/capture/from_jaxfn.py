@@ -11,8 +11,8 @@ so the user names the values (or steps) worth comparing::
 
     xfdiff.compare(pt_model, (forward, params), x)
 
-Each tap becomes one call record under its dotted name (``layers_0`` reads as
-``layers.0``); the function itself is the root record ``""``. With
+Each tap becomes one call record under its dotted name, kept as written
+(``ln_1`` stays ``ln_1``; ``/`` reads as ``.``); the function itself is the root record ``""``. With
 ``(fn, params)`` the function is called ``fn(params, *args, **kwargs)`` and the
 parameter tree gives each tap path its parameters (the dict holding arrays
 ``kernel`` / ``bias`` at ``params["layers"][0]["fc1"]`` belongs to
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from ..errors import CaptureError, ModelTypeError
-from ..trace import Trace, canonical_path
+from ..trace import Trace, user_path
 from ._common import framework_of, function_name
 from ._jax import add_param, key_str, to_jax_inputs
 from .base import Substitute
@@ -47,7 +47,7 @@ def params_by_path(params: Any, tokens: dict | None = None) -> dict[str, dict[st
         if not isinstance(leaf, (jax.Array, np.ndarray)) or not np.issubdtype(leaf.dtype, np.inexact):
             continue
         parts = [key_str(p) for p in path]
-        owner = canonical_path(tuple(parts[:-1]))
+        owner = user_path(tuple(parts[:-1]))
         add_param(out, tokens, owner, parts[-1] if parts else "value", leaf)
     return out
 

@@ -215,7 +215,8 @@ class _Sides:
         self.ev = ev
         self.ref_is_torch = ev.ref.framework == "torch"
         self.local: Trace | None = ev.port.local_trace
-        self.port_row = {r.port.key: r for r in ev.rows}
+        # rows whose inputs do not correspond (Row.unverified_inputs) are not forced: not children to read
+        self.port_row = {r.port.key: r for r in ev.rows if not r.unverified_inputs}
 
     def to_torch(self, ref: np.ndarray, port: np.ndarray, t: Transform | None) -> tuple[np.ndarray, np.ndarray]:
         """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout)."""
