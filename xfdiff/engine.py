@@ -290,7 +290,9 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
     ts, fs = sides.torch_flax
     al, tol = ev.alignment, ev.tolerance
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
-    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and al.absorbed.get(p, p) in al.pairs)
+    n_param_aligned = sum(
+        1 for p in tt.paths() if tt.params.get(p) and (al.absorbed.get(p, p) in al.pairs or p in al.identified)
+    )
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
         "reference": ev.reference,
@@ -304,6 +306,7 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
         "n_param_modules_torch": n_param_t,
         "n_param_modules_aligned": n_param_aligned,
         "alignment": {a: {"flax": b, "how": al.how[a], "confidence": al.confidence[a]} for a, b in al.pairs.items()},
+        "identified": dict(al.identified),
         "local": bool(local),
         "notes": notes,
     }
