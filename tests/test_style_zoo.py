@@ -82,12 +82,6 @@ def _report(name: str, bug: bool) -> xfdiff.Report:
 
 # --- known failures of the current xfdiff (each reason says what fails and where) -------------------------------
 
-FUSED_QKV = pytest.mark.xfail(
-    strict=True,
-    reason="timm's fused blocks.N.attn.qkv Linear (3D, D) is not paired with the port's separate query/key/value "
-    "Dense layers (unmatched on both sides): align fingerprints whole modules, a row split of one weight into "
-    "three modules is not a candidate transform",
-)
 VALUE_TAP_BLAME = pytest.mark.xfail(
     strict=True,
     reason="the verdict is diverged, at the wrong module: a value tap has no inputs, so it is not teacher-forced "
@@ -140,7 +134,7 @@ COVERAGE = [
     "nnx_docs_cnn",
     "picogpt_step_taps",
     "picogpt_value_taps",
-    pytest.param("linen_vit_vs_timm", marks=FUSED_QKV),
+    "linen_vit_vs_timm",
     "flax_imagenet_resnet",
     pytest.param("linen_scan_remat_stack", marks=SCAN_STACK),
     "shared_block_reused",
@@ -248,12 +242,6 @@ def test_tap_names_with_an_underscore_digit_suffix_are_not_rewritten():
     assert r.layer("blocks.0.ln_1").torch_path == "blocks.0.norm_attn"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no finding for the missing 1/sqrt(head_dim) (rows and location are right): pitfalls/attention.AttnSite "
-    "builds an attention site only from source calls whose last name is in Q_NAMES/K_NAMES/V_NAMES; timm's "
-    "fused attn.qkv is one Linear (and unmatched), so AttnSite.ok() is False and attention_scale is never tried",
-)
 def test_missing_attention_scale_is_named_in_a_fused_qkv_reference():
     r = _report("linen_vit_vs_timm", True)
     assert [(f.pitfall, f.torch_path) for f in r.findings] == [("attention_scale", "blocks.1.attn")]

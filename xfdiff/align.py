@@ -27,6 +27,7 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from .align_values import pair_by_values
+from .fused import covered, pair_fused
 from .report import Unmatched
 from .stats import fingerprint_sums
 from .stats.common import to_numpy
@@ -48,6 +49,8 @@ class Alignment:
     # no compared call owns (a parameter tree entry used in code between taps); nothing to compare, but
     # the module is accounted for (coverage, verdict.md)
     identified: dict[str, str] = field(default_factory=dict)
+    # a fused projection on one side, its output-axis blocks as separate modules on the other (xfdiff.fused)
+    fused: list = field(default_factory=list)
 
     def add(self, a: str, b: str, how: str, conf: float) -> None:
         self.pairs[a] = b
@@ -246,6 +249,7 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
             al.add(a, b, "mapping", 1.0)
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
     _pair_same_path(ta, tb, pa_paths, pb_paths, al)
+    pair_fused(ta, tb, pa_paths, pb_paths, al)
     pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
@@ -257,8 +261,9 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
 def _identify_by_weights(ta: Trace, tb: Trace, pa_paths: list[str], al: Alignment) -> None:
     """Torch modules left unpaired whose weights the port holds, value for value, under a path of its
     parameter tree that no paired call owns (``Alignment.identified``)."""
-    A = [a for a in pa_paths if a not in al.pairs and ta.params.get(a)]
-    taken = set(al.pairs.values())
+    fused_a, fused_b = covered(al)
+    A = [a for a in pa_paths if a not in al.pairs and a not in fused_a and ta.params.get(a)]
+    taken = set(al.pairs.values()) | fused_b
     B = [b for b, ps in tb.params.items() if ps and b not in taken]
     if not A or not B:
         return
@@ -630,8 +635,9 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
 
 def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
     rev = al.reverse
+    fused_a, fused_b = covered(al)
     for a in pa_paths:
-        if a not in al.pairs and a not in al.identified:
+        if a not in al.pairs and a not in al.identified and a not in fused_a:
             has = bool(ta.params.get(a))
             reason = (
                 "no Flax module holds the same parameters or a similar name"
@@ -640,7 +646,7 @@ def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> 
             )
             al.unmatched.append(Unmatched("torch", a, ta.module_types.get(a, "?"), reason, has))
     for b in pb_paths:
-        if b not in rev:
+        if b not in rev and b not in fused_b:
             has = bool(tb.params.get(b))
             reason = (
                 "no PyTorch module holds the same parameters or a similar name"

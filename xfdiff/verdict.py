@@ -54,6 +54,10 @@ def coverage(ev: Any) -> dict[str, Any]:
     ref_trace = ev.ref.trace
     params = {p: d for p, d in ref_trace.params.items() if d}
     compared = {r.ref.path for r in ev.rows}
+    for g in getattr(ev.alignment, "fused", ()):  # a fused projection compared block by block counts whole
+        ref_paths = {g.fused} if g.fused_side == ev.reference else set(g.parts)
+        if compared & ref_paths:
+            compared |= ref_paths
     ident = getattr(ev.alignment, "identified", {})
     identified = set(ident) if ev.reference == "torch" else set(ident.values())
     n_mod = len(params)
