@@ -29,6 +29,7 @@ import numpy as np
 from .align_values import pair_by_values
 from .fused import covered, pair_fused
 from .report import Unmatched
+from .stacked import pair_stacked
 from .stats import fingerprint_sums
 from .stats.common import to_numpy
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
@@ -250,6 +251,7 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
     _pair_same_path(ta, tb, pa_paths, pb_paths, al)
     pair_fused(ta, tb, pa_paths, pb_paths, al)
+    pair_stacked(ta, tb, pa_paths, pb_paths, al)
     pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
