@@ -82,38 +82,13 @@ def _report(name: str, bug: bool) -> xfdiff.Report:
 
 # --- known failures of the current xfdiff (each reason says what fails and where) -------------------------------
 
-FUSED_QKV = pytest.mark.xfail(
+VALUE_TAP_BLAME = pytest.mark.xfail(
     strict=True,
-    reason="timm's fused blocks.N.attn.qkv Linear (3D, D) is not paired with the port's separate query/key/value "
-    "Dense layers (unmatched on both sides): align fingerprints whole modules, a row split of one weight into "
-    "three modules is not a candidate transform",
+    reason="the verdict is diverged, at the wrong module: a value tap has no inputs, so it is not teacher-forced "
+    "and its row's own error is its propagated error; the tap 'decoder.1.feed_forward_out' is paired by values "
+    "with blocks.1.feed_forward.2 (the Linear returning the same tensor as the Sequential around it), and the "
+    "GELU between two taps gets no finding",
 )
-TAP_EMBEDDINGS = pytest.mark.xfail(
-    strict=True,
-    reason="token_embedding / position_embedding unmatched: the port's params tree holds wte/wpe as bare arrays at "
-    "its root, so capture/from_jaxfn.params_by_path gives them to the root call, not to the value taps named "
-    "'wte'/'wpe', and those parameter-free taps have no paired parent to be paired inside",
-)
-
-TAP_EMBEDDINGS_LOW = pytest.mark.xfail(
-    strict=True,
-    reason="inconclusive, not match: value-only taps align by values now, but the token/position embeddings held "
-    "as bare arrays at the params root (and the fused c_attn) leave fewer than half of the reference's "
-    "parameterised modules compared, so the coverage gate withholds 'match'",
-)
-SCAN_STACK = pytest.mark.xfail(
-    strict=True,
-    reason="nn.scan(nn.remat(Block)) over stacked layer parameters: the steps are captured, but one stacked kernel "
-    "cannot be fingerprint-paired with per-layer torch Linear weights, and teacher forcing inside remat fails "
-    "(host callbacks are an effect remat's partial evaluation rejects), so coverage stays at 50%",
-)
-VALUE_PAIRED_FORCING = pytest.mark.xfail(
-    strict=True,
-    reason="torch TransformerEncoderLayer's dropout2 is paired by value with the port's MlpBlock (their outputs "
-    "agree), but their inputs do not correspond, so teacher forcing feeds the MlpBlock the wrong tensor and "
-    "the error is blamed on the dropout rather than on encoder.layers.1",
-)
-
 PAIRS = [
     "mnist_linen_cnn",
     "lm1b_linen_decoder",
@@ -121,10 +96,10 @@ PAIRS = [
     "lm1b_vs_torch_transformer_encoder",
     "nnx_docs_cnn",
     "picogpt_step_taps",
-    pytest.param("picogpt_value_taps", marks=TAP_EMBEDDINGS_LOW),
+    "picogpt_value_taps",
     "linen_vit_vs_timm",
     "flax_imagenet_resnet",
-    pytest.param("linen_scan_remat_stack", marks=SCAN_STACK),
+    "linen_scan_remat_stack",
     "shared_block_reused",
     "reverse_linen_reference",
 ]
@@ -151,10 +126,10 @@ COVERAGE = [
     "lm1b_vs_torch_transformer_encoder",
     "nnx_docs_cnn",
     "picogpt_step_taps",
-    pytest.param("picogpt_value_taps", marks=TAP_EMBEDDINGS),
-    pytest.param("linen_vit_vs_timm", marks=FUSED_QKV),
+    "picogpt_value_taps",
+    "linen_vit_vs_timm",
     "flax_imagenet_resnet",
-    pytest.param("linen_scan_remat_stack", marks=SCAN_STACK),
+    "linen_scan_remat_stack",
     "shared_block_reused",
     "reverse_linen_reference",
 ]
@@ -200,7 +175,7 @@ BUGS = {
 }
 
 BUG_PAIRS = [
-    pytest.param(n, marks=VALUE_PAIRED_FORCING) if n == "lm1b_vs_torch_transformer_encoder" else n
+    pytest.param(n, marks=VALUE_TAP_BLAME) if n == "picogpt_value_taps" else n
     for n in PAIRS[:2] + ["lm1b_flax_default_eps"] + PAIRS[2:]
 ]
 
@@ -255,23 +230,59 @@ def test_tap_paths_are_kept_as_the_port_wrote_them():
     assert {"blocks.0.attn.c_attn", "blocks.1.mlp.c_fc", "ln_f"} <= flax_paths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace.canonical_path rewrites every 'name_<digits>' component as 'name.<digits>' (the linen list "
-    "convention), also for tap paths: the port's 'blocks.0.ln_1' is reported as 'blocks.0.ln.1' and "
-    "Report.layer('blocks.0.ln_1') raises LayerNotFound",
-)
 def test_tap_names_with_an_underscore_digit_suffix_are_not_rewritten():
     r = _report("picogpt_step_taps", False)
     assert r.layer("blocks.0.ln_1").torch_path == "blocks.0.norm_attn"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no finding for the missing 1/sqrt(head_dim) (rows and location are right): pitfalls/attention.AttnSite "
-    "builds an attention site only from source calls whose last name is in Q_NAMES/K_NAMES/V_NAMES; timm's "
-    "fused attn.qkv is one Linear (and unmatched), so AttnSite.ok() is False and attention_scale is never tried",
-)
 def test_missing_attention_scale_is_named_in_a_fused_qkv_reference():
     r = _report("linen_vit_vs_timm", True)
     assert [(f.pitfall, f.torch_path) for f in r.findings] == [("attention_scale", "blocks.1.attn")]
+
+
+def test_value_paired_calls_whose_inputs_differ_are_not_forced():
+    # dropout2 (input: linear2's output) and the port's MlpBlock (input: the normed stream) return the same tensor
+    r = _report("lm1b_vs_torch_transformer_encoder", True)
+    drop = r.layer("encoder.layers.1.dropout2")
+    assert drop.flax_path == "decoderblock.1.mlp" and drop.match.startswith("values")
+    assert drop.unverified_inputs and drop.local_max_abs is None and drop.blame_order is None
+    assert "inputs unverified" in drop.note
+    # the value-paired layer itself takes the same input on both sides: forced, and blamed
+    layer = r.layer("encoder.layers.1")
+    assert layer.match.startswith("values") and not layer.unverified_inputs and layer.local_status == "diverged"
+
+
+def test_weights_used_between_value_taps_are_identified_but_never_make_a_differing_output_match():
+    import copy
+
+    from xfdiff.verdict import decide
+
+    r = _report("picogpt_value_taps", False)
+    ident = r.meta["identified"]
+    # the port's parameter tree holds them (wpe as a bare array at its root), no tap returns their output
+    assert ident["position_embedding"] == "wpe"
+    assert ident["blocks.0.attention.qkv"] == "blocks.0.attn.c_attn"
+    assert ident["blocks.1.norm_ff"] == "blocks.1.ln_2"
+    cov = r.coverage
+    assert cov["modules"] < 0.5 and cov["n_modules_compared"] + cov["n_modules_identified"] == cov["n_modules"]
+    assert r.verdict == "match" and "identified by their weights" in r.verdict_reason
+    worse = copy.deepcopy(r)
+    worse.final.status = "diverged"
+    assert decide(worse)["verdict"] == "inconclusive"
+
+
+def test_a_bare_array_beside_subtrees_belongs_to_the_tap_of_its_name():
+    r = _report("picogpt_step_taps", False)
+    assert r.layer("wte").torch_path == "token_embedding" and r.layer("wte").match.startswith("fingerprint")
+    assert r.layer("wpe").torch_path == "position_embedding"
+
+
+def test_a_scanned_stack_is_paired_slice_by_slice_and_teacher_forced_inside_remat():
+    r = _report("linen_scan_remat_stack", True)
+    fc1 = [(lyr.torch_path, lyr.flax_path, lyr.match) for lyr in r.layers if lyr.torch_path.endswith("fc1")]
+    assert fc1 == [(f"layers.{s}.fc1", "layers.Dense_0", f"stacked slice {s}") for s in range(3)]
+    # every layer's own error is measured under forcing (not the propagated error of the plain run)
+    assert all(lyr.local_status is not None for lyr in r.layers)
+    assert not any("teacher-forced re-run failed" in n for n in r.meta["notes"])
+    # the tanh GELU is in every step: each layer's own code adds error, not just the first one's
+    assert {lyr.torch_path for lyr in r.layers if lyr.blame_order is not None} == {"layers.0", "layers.1", "layers.2"}

@@ -37,7 +37,7 @@ def test_tap_refuses_arguments_it_cannot_use():
 
 
 def _two_steps(params, x):
-    h = xfdiff.tap("encoder.layers_0.fc1", lambda p, v: v @ p["kernel"], params["encoder"]["layers"][0]["fc1"], x)
+    h = xfdiff.tap("encoder.layers.0.fc1", lambda p, v: v @ p["kernel"], params["encoder"]["layers"][0]["fc1"], x)
     return xfdiff.tap("encoder.layers.0", jnp.tanh(h))
 
 
@@ -118,3 +118,42 @@ def test_teacher_forcing_through_taps_finds_the_step_between_taps(lm):
     assert (fd.torch_path, fd.flax_path) == ("blocks.1.mlp", "blocks.1.mlp")  # the GELU between fc1 and fc2
     assert r.layer("blocks.1.mlp.fc1").local_status == "ok"
     assert r.layer("blocks.1.mlp.fc2").local_status == "ok"  # fed the reference's input, it is right
+
+
+def _underscored(params, x):
+    h = xfdiff.tap("blocks.0.ln_1", lambda p, v: v * p["g"], params["blocks"][0]["ln_1"], x)
+    return xfdiff.tap("blocks.0.mlp_2", jnp.tanh(h))
+
+
+def test_tap_names_and_param_keys_are_kept_as_written():
+    params = {"blocks": [{"ln_1": {"g": jnp.full((4,), 2.0, jnp.float32)}}]}
+    trace = TapSide((_underscored, params), X).capture()
+    assert [r.path for r in trace.records] == ["blocks.0.ln_1", "blocks.0.mlp_2", ""]
+    assert set(trace.params) == {"blocks.0.ln_1"}  # list items become digits, names stay as written
+
+
+def test_mapping_names_a_tap_path_as_written():
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.full((4,), 2.0))
+
+        def forward(self, x):
+            return torch.tanh(self.norm(x))
+
+        def norm(self, x):
+            return x * self.scale
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Net()
+
+        def forward(self, x):
+            return self.inner(x)
+
+    params = {"blocks": [{"ln_1": {"g": jnp.full((4,), 2.0, jnp.float32)}}]}
+    r = xfdiff.compare(Outer(), (_underscored, params), X, mapping={"inner": "blocks.0.mlp_2"}, progress=False)
+    assert r.layer("blocks.0.mlp_2").torch_path == "inner"

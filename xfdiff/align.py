@@ -27,7 +27,9 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from .align_values import pair_by_values
+from .fused import covered, pair_fused
 from .report import Unmatched
+from .stacked import pair_stacked
 from .stats import fingerprint_sums
 from .stats.common import to_numpy
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
@@ -44,6 +46,12 @@ class Alignment:
     offset: dict[str, int] = field(default_factory=dict)  # torch path -> first flax call index
     # torch modules that are part of another (a weight-norm parametrization -> the layer it belongs to)
     absorbed: dict[str, str] = field(default_factory=dict)
+    # weights-only pairs (torch path -> flax parameter path): the port holds the same weights under a path
+    # no compared call owns (a parameter tree entry used in code between taps); nothing to compare, but
+    # the module is accounted for (coverage, verdict.md)
+    identified: dict[str, str] = field(default_factory=dict)
+    # a fused projection on one side, its output-axis blocks as separate modules on the other (xfdiff.fused)
+    fused: list = field(default_factory=list)
 
     def add(self, a: str, b: str, how: str, conf: float) -> None:
         self.pairs[a] = b
@@ -244,11 +252,44 @@ def align(ta: Trace, tb: Trace, explicit: dict[str, str] | None = None) -> Align
             al.add(a, b, "mapping", 1.0)
     _pair_parametrised(ta, tb, pa_paths, pb_paths, al)
     _pair_same_path(ta, tb, pa_paths, pb_paths, al)
+    pair_fused(ta, tb, pa_paths, pb_paths, al)
+    pair_stacked(ta, tb, pa_paths, pb_paths, al)
     pair_by_values(ta, tb, pa_paths, pb_paths, al)
     _pair_containers(ta, tb, pa_paths, pb_paths, al)
     _pair_parameter_free(ta, tb, pa_paths, pb_paths, al)
+    _identify_by_weights(ta, tb, pa_paths, al)
     _list_unmatched(ta, tb, pa_paths, pb_paths, al)
     return al
+
+
+def _identify_by_weights(ta: Trace, tb: Trace, pa_paths: list[str], al: Alignment) -> None:
+    """Torch modules left unpaired whose weights the port holds, value for value, under a path of its
+    parameter tree that no paired call owns (``Alignment.identified``)."""
+    fused_a, fused_b = covered(al)
+    A = [a for a in pa_paths if a not in al.pairs and a not in fused_a and ta.params.get(a)]
+    taken = set(al.pairs.values()) | fused_b
+    B = [b for b, ps in tb.params.items() if ps and b not in taken]
+    if not A or not B:
+        return
+    fb = {b: [fingerprint(v) for v in tb.params[b].values()] for b in B}
+    by_sizes: dict[tuple, list[str]] = {}  # only the same parameter sizes can hold the same values
+    for b in B:
+        by_sizes.setdefault(tuple(sorted(q.numel for q in fb[b])), []).append(b)
+    used: set[str] = set()
+    for a in A:
+        fa = [fingerprint(v) for v in ta.params[a].values()]
+        if not any(q.informative and q.numel > 1 for q in fa):
+            continue  # constant weights (a fresh norm) identify nothing
+        best = None
+        for b in by_sizes.get(tuple(sorted(q.numel for q in fa)), ()):
+            if b in used or fingerprint_score(fa, fb[b]) < 0.99 or fingerprint_score(fb[b], fa) < 0.99:
+                continue
+            score, _ = confirm_params(ta.params[a], tb.params[b], 1.0)
+            if score >= 0.99 and (best is None or name_similarity(a, b) > best[0]):
+                best = (name_similarity(a, b), b)
+        if best is not None:
+            al.identified[a] = best[1]
+            used.add(best[1])
 
 
 def parametrization_owner(path: str) -> str | None:
@@ -599,8 +640,9 @@ def _pair_parameter_free(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment
 
 def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> None:
     rev = al.reverse
+    fused_a, fused_b = covered(al)
     for a in pa_paths:
-        if a not in al.pairs:
+        if a not in al.pairs and a not in al.identified and a not in fused_a:
             has = bool(ta.params.get(a))
             reason = (
                 "no Flax module holds the same parameters or a similar name"
@@ -609,7 +651,7 @@ def _list_unmatched(ta: Trace, tb: Trace, pa_paths, pb_paths, al: Alignment) -> 
             )
             al.unmatched.append(Unmatched("torch", a, ta.module_types.get(a, "?"), reason, has))
     for b in pb_paths:
-        if b not in rev:
+        if b not in rev and b not in fused_b:
             has = bool(tb.params.get(b))
             reason = (
                 "no PyTorch module holds the same parameters or a similar name"

@@ -15,6 +15,7 @@ from .align import Alignment, align
 from .capture.registry import PORT, REFERENCE, side_for
 from .errors import AlignmentError, ConfigError, XfdiffError
 from .evidence import Evidence, Row, Side, by_framework, other, rows_to_host
+from .fused import covered
 from .localize import assign_blame, localize
 from .report import Report
 from .rows import Match, call_pairs, make_row
@@ -279,7 +280,12 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
     ts, fs = sides.torch_flax
     al, tol = ev.alignment, ev.tolerance
     n_param_t = sum(1 for p in tt.paths() if tt.params.get(p))
-    n_param_aligned = sum(1 for p in tt.paths() if tt.params.get(p) and al.absorbed.get(p, p) in al.pairs)
+    fused_t = covered(al)[0]
+    n_param_aligned = sum(
+        1
+        for p in tt.paths()
+        if tt.params.get(p) and (al.absorbed.get(p, p) in al.pairs or p in al.identified or p in fused_t)
+    )
     return {
         "tolerance": {"atol": tol.atol, "rtol": tol.rtol},
         "reference": ev.reference,
@@ -293,6 +299,8 @@ def _meta(ev: Evidence, sides: Sides, notes: list[str], local: bool) -> dict:
         "n_param_modules_torch": n_param_t,
         "n_param_modules_aligned": n_param_aligned,
         "alignment": {a: {"flax": b, "how": al.how[a], "confidence": al.confidence[a]} for a, b in al.pairs.items()},
+        "identified": dict(al.identified),
+        "fused": [{"kind": g.kind, "fused": g.fused, "parts": list(g.parts)} for g in al.fused],
         "local": bool(local),
         "notes": notes,
     }

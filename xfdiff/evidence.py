@@ -54,6 +54,9 @@ class Row:
     # port input leaf -> (reference input leaf, transform): what teacher forcing feeds the port call
     inputs_from_ref: dict[str, tuple[str, Transform]] = field(default_factory=dict)
     gap: tuple | None = None  # (child row, port input leaf) where this call's own code shows under forcing
+    # paired by output values only, and its inputs differ from the reference call's in the plain run:
+    # teacher forcing would feed it a tensor it does not take, so it is not forced and makes no own-error claim
+    unverified_inputs: bool = False
 
     @property
     def input_map(self) -> dict[str, str]:

@@ -54,6 +54,56 @@ def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str,
     return out
 
 
+# pairings made from the calls' outputs alone (xfdiff.align_values): their inputs are checked before forcing
+OUTPUT_ONLY_PAIRINGS = ("values", "order+output shape")
+# a linked input outside tolerance still corresponds when its relative error is this small, and no more than
+# INHERITED_FACTOR times the call's own output error (error inherited from upstream passes through a call
+# at about its own size; two different tensors differ at order one)
+INPUT_REL_MAX = 0.1
+INHERITED_FACTOR = 10.0
+
+
+def mark_unverified_inputs(row: Row) -> None:
+    """Mark a call paired by its outputs only whose inputs do not correspond (``Row.unverified_inputs``).
+
+    Two calls whose outputs agree need not take the same inputs (a dropout
+    after a linear layer and the MLP block around that layer return the same
+    tensor). Forcing such a call feeds it a tensor it does not take, and the
+    "own error" that follows is the forcing's, not the call's. Read from the
+    plain run, while both calls' inputs are at hand.
+    """
+    if not row.layer.match.startswith(OUTPUT_ONLY_PAIRINGS):
+        return
+    worst = _input_mismatch(row)
+    if worst is None:
+        return
+    row.unverified_inputs = row.layer.unverified_inputs = True
+    row.layer.note = _join(
+        row.layer.note,
+        f"inputs unverified: paired by output values, but its input {worst[0]} differs from the reference "
+        f"call's in the plain run (rel_l2 {worst[1]:.2e}); not teacher-forced, no own error measured",
+    )
+
+
+def _input_mismatch(row: Row) -> tuple[str, float] | None:
+    """``(port leaf, rel_l2)`` of a linked input that does not correspond to its reference input, or None."""
+    if not row.inputs_from_ref:
+        return ("(none linked)", float("inf")) if row.port.float_inputs() else None
+    lyr = row.layer
+    out_rel = lyr.rel_l2 if lyr.rel_l2 == lyr.rel_l2 else 0.0
+    allowed = min(INPUT_REL_MAX, INHERITED_FACTOR * max(out_rel, 1e-6))
+    for pk, (rk, t) in list(row.inputs_from_ref.items()):
+        ref, port = t.forward(row.ref.inputs[rk]), row.port.inputs[pk]
+        s, _ = stats_and_detail(ref, port, lyr.atol, lyr.rtol)
+        if s.passes() or s.rel_l2 <= allowed:
+            continue
+        if _fill_like(ref) or _fill_like(port):
+            del row.inputs_from_ref[pk]  # a mask written another way (additive vs boolean): the port keeps its own
+            continue
+        return pk, s.rel_l2
+    return None
+
+
 class ForcedInputs(Mapping):
     """Teacher-forcing inputs of one port call, read from the reference when asked for.
 
@@ -113,7 +163,7 @@ def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
     subst = {
         (row.port.path, row.port.call_index): ForcedInputs(row, ev.port.framework)
         for row in ev.rows
-        if row.inputs_from_ref
+        if row.inputs_from_ref and not row.unverified_inputs
     }
     port_row = {row.port.key: row for row in ev.rows}
     # Detectors read a composite culprit's children under teacher forcing, and children
@@ -129,6 +179,9 @@ def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
         row = port_row.get(lrec.key)
         if row is None or row.ref_key is None or row.port_key not in lrec.outputs:
             return inside_diverged(lrec.path)
+        if row.unverified_inputs:  # not forced: its output under forcing says nothing about its own code
+            store.done_with(row.ref)
+            return row.layer.status != "ok" or inside_diverged(lrec.path)
         _local_error(row, lrec)
         gap = _gap_stats(row, lrec)
         if gap is not None:
@@ -147,7 +200,7 @@ def localize(ev: Evidence, run: Any, store: Any, notes: list[str]) -> None:
         return
     ev.port.local_trace = local_trace
     for row in ev.rows:
-        if row.port_local is None:
+        if row.port_local is None and not row.unverified_inputs:
             row.layer.note = _join(
                 row.layer.note, "local error not measured: the call did not recur under teacher forcing"
             )
@@ -256,7 +309,7 @@ def _enclosing_row(lrec: CallRecord, trace: Trace, port_row: dict) -> Row | None
         later = [r for r in trace.calls_of(path) if r.order > lrec.order]
         if later:
             enclosing = min(later, key=lambda r: r.order)
-            if enclosing.key in port_row:
+            if enclosing.key in port_row and not port_row[enclosing.key].unverified_inputs:
                 return port_row[enclosing.key]
 
 
@@ -264,6 +317,8 @@ def assign_blame(rows: list[Row]) -> None:
     """Where each row's own error first shows, in completion order (None: nowhere)."""
     for row in rows:
         lyr = row.layer
+        if row.unverified_inputs:
+            continue  # its inputs do not correspond: no claim about its own code
         own_bad = lyr.local_status not in (None, "ok") if lyr.local_status is not None else lyr.status != "ok"
         if own_bad:
             at = float(lyr.order)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MappingError, did_you_mean
-from .trace import Trace, canonical_path
+from .trace import Trace, canonical_path, user_path
 
 FORMAT = "xfdiff-mapping/1"
 
@@ -106,7 +106,7 @@ def resolve_mapping(mapping: Any, tt: Trace, tf: Trace) -> dict[str, str]:
         if key.startswith("re:"):
             out.update(_expand_rule(key, value, t_paths, f_set))
             continue
-        tp, fp = canonical_path(key), canonical_path(value)
+        tp, fp = _resolve(key, t_set), _resolve(value, f_set)
         if tp not in t_set:
             raise MappingError(f"mapping names torch module {key!r}, which was not called." + did_you_mean(tp, t_paths))
         if fp not in f_set:
@@ -115,6 +115,12 @@ def resolve_mapping(mapping: Any, tt: Trace, tf: Trace) -> dict[str, str]:
             )
         out[tp] = fp
     return out
+
+
+def _resolve(path: str, called: set[str]) -> str:
+    """A user's path as called: as written (tap names keep ``ln_1``), else canonical (``layers_3`` -> ``layers.3``)."""
+    written = user_path(path)
+    return written if written in called else canonical_path(path)
 
 
 def _expand_rule(key: str, template: str, t_paths: list[str], f_set: set[str]) -> dict[str, str]:
@@ -127,7 +133,7 @@ def _expand_rule(key: str, template: str, t_paths: list[str], f_set: set[str]) -
     for tp in t_paths:
         if rx.fullmatch(tp):
             try:
-                fp = canonical_path(rx.sub(template, tp))
+                fp = _resolve(rx.sub(template, tp), f_set)
             except (re.error, IndexError) as e:
                 raise MappingError(f"mapping rule {key!r}: replacement {template!r} is invalid: {e}.") from None
             if fp in f_set:

@@ -76,6 +76,8 @@ class LayerDiff:
     note: str = ""
     floor: float | None = None
     floor_error: float | None = None
+    # paired by output values, but its inputs do not correspond to the reference call's: no own error measured
+    unverified_inputs: bool = False
     # splice confirmation (xfdiff.splice): the final output's max_abs with this row's output
     # replaced by the reference's, the share of the final error that removes, and the share
     # the suggested fix removes (its finding's recomputation spliced in instead)

@@ -15,8 +15,9 @@ import numpy as np
 
 from .align import Alignment
 from .evidence import Row, by_framework
+from .fused import fused_matches
 from .layout import Transform, best_transform, candidates, input_layout
-from .localize import input_map
+from .localize import input_map, mark_unverified_inputs
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
 from .stats.common import SMALL_MAX, dtype_name
@@ -64,6 +65,9 @@ def call_pairs(al: Alignment, ref_trace: Trace, port_trace: Trace, reference: st
             continue
         ref, port = by_framework(reference, rec, calls[j])
         out[port.key] = Match(ref, al.how.get(rec.path, ""), al.confidence.get(rec.path, 0.0))
+    ref_trace_, port_trace_ = by_framework(reference, torch_trace, flax_trace)
+    for k, m in fused_matches(al, ref_trace_, port_trace_, reference, Match).items():
+        out.setdefault(k, m)  # a fused projection against its blocks (xfdiff.fused)
     return out
 
 
@@ -125,6 +129,7 @@ def make_row(
     row.ref_key, row.port_key, row.transform = best.ref_key, best.port_key, best.transform
     if link_inputs:
         row.inputs_from_ref = input_map(ref, port)
+        mark_unverified_inputs(row)
     return row
 
 

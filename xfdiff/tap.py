@@ -49,7 +49,7 @@ def tap(path: str, value: Any, /, *args: Any, **kwargs: Any) -> Any:
 
     Args:
         path: the name of the value, dotted like a module path, e.g.
-            ``"encoder.layers.0.fc1"`` (``layers_0`` is read as ``layers.0``).
+            ``"encoder.layers.0.fc1"``, kept as written (``ln_1`` stays ``ln_1``).
         value: an array or pytree of arrays; or a function, then run as one
             step on ``*args, **kwargs``.
         *args, **kwargs: the step's arguments (only with a function).

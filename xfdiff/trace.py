@@ -68,6 +68,22 @@ def _join(parts: tuple | str, method: str | None) -> str:
     return path
 
 
+def user_path(parts: tuple | list | str) -> str:
+    """Join path components as the user wrote them: ``/`` becomes ``.``, names are kept.
+
+    For names a user chose (``xfdiff.tap`` paths, keys of a function's
+    parameter tree): ``ln_1`` stays ``ln_1``; list items of a tree are already
+    digits. :func:`canonical_path` is for framework-made names (linen's
+    ``layers_3`` for a list attribute).
+
+    >>> user_path("blocks.0.ln_1")
+    'blocks.0.ln_1'
+    """
+    if isinstance(parts, str):
+        parts = [p for p in re.split(r"[./]", parts) if p]
+    return ".".join(str(p) for p in parts)
+
+
 def display_path(path: str | None) -> str:
     """Human label for a canonical path (the root prints as ``(root)``)."""
     if path is None:

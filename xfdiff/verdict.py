@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 MIN_COVERAGE = 0.5
+IDENTIFIED_COVERAGE = 0.9  # compared + weight-identified share that stands in for MIN_COVERAGE (final output ok)
 REAGREE_DROP = 100.0
 VERDICTS = ("match", "diverged", "inconclusive")
 
@@ -45,18 +46,31 @@ VERDICTS = ("match", "diverged", "inconclusive")
 
 
 def coverage(ev: Any) -> dict[str, Any]:
-    """Share of the reference's parameterised modules and parameters compared (a row exists)."""
+    """Share of the reference's parameterised modules and parameters compared (a row exists).
+
+    ``n_modules_identified``: modules not compared whose weights the port holds value for value
+    (``Alignment.identified``); they count towards :data:`IDENTIFIED_COVERAGE` only.
+    """
     ref_trace = ev.ref.trace
     params = {p: d for p, d in ref_trace.params.items() if d}
     compared = {r.ref.path for r in ev.rows}
+    for g in getattr(ev.alignment, "fused", ()):  # a fused projection compared block by block counts whole
+        ref_paths = {g.fused} if g.fused_side == ev.reference else set(g.parts)
+        if compared & ref_paths:
+            compared |= ref_paths
+    ident = getattr(ev.alignment, "identified", {})
+    identified = set(ident) if ev.reference == "torch" else set(ident.values())
     n_mod = len(params)
     n_par = int(sum(int(np.size(a)) for d in params.values() for a in d.values()))
     seen = [p for p in params if p in compared]
     c_par = int(sum(int(np.size(a)) for p in seen for a in params[p].values()))
+    known = [p for p in params if p not in compared and p in identified]
     missing = sorted(
-        (p for p in params if p not in compared), key=lambda p: -sum(np.size(a) for a in params[p].values())
+        (p for p in params if p not in compared and p not in identified),
+        key=lambda p: -sum(np.size(a) for a in params[p].values()),
     )
     return {
+        "n_modules_identified": len(known),
         "modules": len(seen) / n_mod if n_mod else 1.0,
         "parameters": c_par / n_par if n_par else 1.0,
         "n_modules": n_mod,
@@ -255,7 +269,7 @@ def decide(report: Any) -> dict[str, str]:
         more = f" ({len(blamed) - 1} more layer(s) add error of their own)" if len(blamed) > 1 else ""
         return {"verdict": "diverged", "reason": f"{first.label}: {what}{more}"}
     low = _low_coverage(cov)
-    if low:
+    if low and not _identified_enough(cov, final):
         return {"verdict": "inconclusive", "reason": low}
     if final is not None and final.status != "ok":
         floored = [lyr for lyr in layers if lyr.floor is not None]
@@ -274,10 +288,30 @@ def decide(report: Any) -> dict[str, str]:
     n_b = len(report.meta.get("boundaries") or [])
     extra = f"; {n_b} boundary difference(s) re-agree downstream" if n_b else ""
     share = f" ({100 * cov['modules']:.0f}% of parameterised modules compared)" if cov else ""
+    if low:  # compared + identified cover the model and the final output agrees (_identified_enough)
+        n_id = cov.get("n_modules_identified", 0)
+        share = (
+            f" ({100 * cov['modules']:.0f}% of parameterised modules compared, {n_id} more identified by their "
+            f"weights in the port; the final output agrees within tolerance)"
+        )
     return {
         "verdict": "match",
         "reason": f"every compared layer is within tolerance or its rounding floor{share}{extra}",
     }
+
+
+def _identified_enough(cov: dict | None, final: Any) -> bool:
+    """Compared and weight-identified modules together cover the model, and the final output agrees.
+
+    A port whose weights are all found (value for value) and whose output is within tolerance is a
+    match even when few of its modules could be compared call by call (a function port marked with
+    a few value taps). Never when the final output differs.
+    """
+    if not cov or final is None or final.status != "ok":
+        return False
+    n = cov.get("n_modules", 0)
+    known = cov.get("n_modules_compared", 0) + cov.get("n_modules_identified", 0)
+    return bool(n) and known >= IDENTIFIED_COVERAGE * n
 
 
 def _low_coverage(cov: dict | None) -> str | None:

@@ -7,8 +7,9 @@ tracers of an inner trace that cannot be returned; such a call hands its
 values to the host with ``jax.debug.callback`` when it actually runs (once
 per scan step, once per example under ``vmap``, where the examples are
 stacked back into one call), and fetches its teacher-forced inputs with
-``io_callback`` by the index of that run, since its trace-time index says
-nothing about which step is running.
+``jax.pure_callback`` (``nn.remat`` rejects effectful callbacks) by the index
+of that run, since its trace-time index says nothing about which step is
+running.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.experimental import io_callback
 
 
 class Static(NamedTuple):
@@ -84,7 +84,9 @@ def fetch_at_run_time(calls: Calls, path: str, keys: list[str], originals: list)
         ]
 
     shapes = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in originals]
-    return io_callback(fetch, shapes, *originals, ordered=False)
+    # A pure callback carries no effect, so nn.remat (whose partial evaluation rejects effects) can hold it;
+    # its result replaces the call's inputs, so it is never dropped, and a scan's steps run it in order.
+    return jax.pure_callback(fetch, shapes, *originals, vmap_method="sequential")
 
 
 def inner_tracer(values, outer: Any) -> bool:

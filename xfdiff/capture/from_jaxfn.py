@@ -11,12 +11,13 @@ so the user names the values (or steps) worth comparing::
 
     xfdiff.compare(pt_model, (forward, params), x)
 
-Each tap becomes one call record under its dotted name (``layers_0`` reads as
-``layers.0``); the function itself is the root record ``""``. With
+Each tap becomes one call record under its dotted name, kept as written
+(``ln_1`` stays ``ln_1``; ``/`` reads as ``.``); the function itself is the root record ``""``. With
 ``(fn, params)`` the function is called ``fn(params, *args, **kwargs)`` and the
 parameter tree gives each tap path its parameters (the dict holding arrays
 ``kernel`` / ``bias`` at ``params["layers"][0]["fc1"]`` belongs to
-``layers.0.fc1``), so alignment can use parameter fingerprints; a leading
+``layers.0.fc1``; an array beside subtrees, like GPT-2's ``wte`` at the root,
+belongs to the path of its own key), so alignment can use parameter fingerprints; a leading
 ``{"params": ...}`` collection is looked through, as in linen variables.
 """
 
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 from ..errors import CaptureError, ModelTypeError
-from ..trace import Trace, canonical_path
+from ..trace import Trace, user_path
 from ._common import framework_of, function_name
 from ._jax import add_param, key_str, to_jax_inputs
 from .base import Substitute
@@ -47,9 +48,25 @@ def params_by_path(params: Any, tokens: dict | None = None) -> dict[str, dict[st
         if not isinstance(leaf, (jax.Array, np.ndarray)) or not np.issubdtype(leaf.dtype, np.inexact):
             continue
         parts = [key_str(p) for p in path]
-        owner = canonical_path(tuple(parts[:-1]))
+        # An array beside subtrees (GPT-2's wte/wpe at the root) is a weight of its own: its path is its
+        # key, so a tap of that name holds it. Arrays in a dict of arrays (w, b, g) are one module's.
+        own = len(parts) >= 1 and _beside_subtrees(params, path[:-1])
+        owner = user_path(tuple(parts if own else parts[:-1]))
         add_param(out, tokens, owner, parts[-1] if parts else "value", leaf)
     return out
+
+
+def _beside_subtrees(tree: Any, path: tuple) -> bool:
+    """Whether the container at ``path`` also holds dicts or lists (not arrays only)."""
+    node = tree
+    for entry in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                k = getattr(entry, attr)
+                node = getattr(node, k) if attr == "name" else node[k]
+                break
+    values = node.values() if isinstance(node, Mapping) else node if isinstance(node, (list, tuple)) else ()
+    return any(isinstance(v, (Mapping, list, tuple)) for v in values)
 
 
 def _unjit(fn: Callable) -> Callable:

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from ..tap import _active, set_recorder
-from ..trace import CallRecord, Trace, canonical_path
+from ..trace import CallRecord, Trace, user_path
 from ._common import is_output_leaf
 from ._jax import CONCRETE_ERRORS, as_jax, device_mode, flatten_leaves, keep, replace_leaves
 from .base import Substitute
@@ -127,7 +127,7 @@ class Recorder:
         return self.call(self._tap_path(path), name, {}, fn, tuple(args), dict(kwargs), skip=self.tap_skip)
 
     def _tap_path(self, path: str) -> str:
-        path = canonical_path(path)
+        path = user_path(path)  # the user's own name, kept as written
         parent = self.scope[-1] if self.scope else ""
         return f"{parent}.{path}" if parent else path
 

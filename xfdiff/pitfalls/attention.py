@@ -21,17 +21,21 @@ https://github.com/pytorch/pytorch/pull/131060
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .numerics import attention, f64, rel
 from .registry import register
-from .sites import Site, numbers
+from .sites import Site, Source, numbers
 
 Q_NAMES = ("q", "q_proj", "query", "wq", "to_q", "q_lin", "query_proj")
 K_NAMES = ("k", "k_proj", "key", "wk", "to_k", "k_lin", "key_proj")
 V_NAMES = ("v", "v_proj", "value", "wv", "to_v", "v_lin", "value_proj")
+QKV_NAMES = ("qkv", "c_attn", "in_proj", "query_key_value", "wqkv", "qkv_proj", "to_qkv")
+KV_NAMES = ("kv", "kv_proj", "to_kv", "wkv", "key_value")
+_BLOCK_NAME = re.compile(r"\[(\d+)/(\d+)\]$")
 HEAD_KEYS = ("num_heads", "n_heads", "num_attention_heads", "n_head", "heads", "num_q_heads")
 BASE_KEYS = ("rope_theta", "rope_base", "base", "theta")
 TAU_ATTENTION = 1e-6  # softmax + two matmuls in float32 against float64
@@ -60,6 +64,7 @@ class AttnSite:
             for attr, names in (("q", Q_NAMES), ("k", K_NAMES), ("v", V_NAMES)):
                 if last in names:
                     setattr(self, attr, s)
+        self._fused(site.sources)
         # Integer position inputs (HF ``position_ids``, ``cache_position``) look like masks but are not.
         self.mask = next(
             (
@@ -72,6 +77,27 @@ class AttnSite:
         self.base = next(
             (float(site.ref_cfg[k]) for k in BASE_KEYS if isinstance(site.ref_cfg.get(k), (int, float))), 10000.0
         )
+
+    def _fused(self, sources: list[Source]) -> None:
+        """q, k, v from fused projections: blocks paired one by one (``qkv[0/3]``, ``kv[1/2]``), or a
+        fused output (GPT-2's ``c_attn``, timm's ``qkv``, a ``kv`` Dense) cut along its last axis."""
+        blocks: dict[int, dict[int, Source]] = {}
+        for s in sources:
+            m = _BLOCK_NAME.search(s.name)
+            if m:
+                blocks.setdefault(int(m.group(2)), {})[int(m.group(1))] = s
+        for s in sources:
+            last = s.name.rsplit(".", 1)[-1].lower()
+            for k, names in ((3, QKV_NAMES), (2, KV_NAMES)):
+                if last in names and s.ref.ndim >= 3 and s.ref.shape[-1] % k == 0 and s.port.shape == s.ref.shape:
+                    cut = zip(np.split(s.ref, k, -1), np.split(s.port, k, -1), strict=True)
+                    blocks.setdefault(k, {}).update(
+                        {i: Source(f"{s.name}[{i}/{k}]", r, p) for i, (r, p) in enumerate(cut)}
+                    )
+        if self.q is None and self.k is None and self.v is None and len(blocks.get(3, {})) == 3:
+            self.q, self.k, self.v = blocks[3][0], blocks[3][1], blocks[3][2]
+        if self.k is None and self.v is None and len(blocks.get(2, {})) == 2:
+            self.k, self.v = blocks[2][0], blocks[2][1]
 
     def ok(self) -> bool:
         if self.q is None or self.k is None or self.v is None:

@@ -17,6 +17,7 @@ hypothesis needs, already in PyTorch conventions (Linear ``(out, in)``, conv
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -205,6 +206,8 @@ def torch_convention(params: dict[str, np.ndarray], side: str, module_type: str)
     return out
 
 
+_BLOCK = re.compile(r"^fused \w+ \(block (\d+) of (\d+)\)")
+
 # --- building sites -----------------------------------------------------------------------
 
 
@@ -215,7 +218,8 @@ class _Sides:
         self.ev = ev
         self.ref_is_torch = ev.ref.framework == "torch"
         self.local: Trace | None = ev.port.local_trace
-        self.port_row = {r.port.key: r for r in ev.rows}
+        # rows whose inputs do not correspond (Row.unverified_inputs) are not forced: not children to read
+        self.port_row = {r.port.key: r for r in ev.rows if not r.unverified_inputs}
 
     def to_torch(self, ref: np.ndarray, port: np.ndarray, t: Transform | None) -> tuple[np.ndarray, np.ndarray]:
         """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout)."""
@@ -344,7 +348,12 @@ def _segment_site(ev: Any, sides: _Sides, row: Any, kids: list[CallRecord]) -> S
             r, p = sides.to_torch(krow.ref.outputs[krow.ref_key], kid.outputs[krow.port_key], krow.transform)
             ctype = krow.ref.module_type
             cparams = torch_convention(ev.params(ev.ref.framework, krow.ref.path), ev.ref.framework, ctype)
-            sources.append(Source(krow.ref.path, r, p, ctype, cparams))
+            # a fused projection (xfdiff.fused): one block of the reference's, or the port's whole (by its name)
+            blk = _BLOCK.search(krow.layer.match)
+            name = f"{krow.ref.path}[{blk.group(1)}/{blk.group(2)}]" if blk else krow.ref.path
+            if krow.layer.match.endswith("blocks joined)"):
+                name = krow.port.path
+            sources.append(Source(name, r, p, ctype, cparams))
     if row.layer.local_status in (None, "ok") or row.ref_key is None or row.port_local is None:
         return None
     y_ref, y_port = sides.to_torch(ref_parent.outputs[row.ref_key], row.port_local.outputs[row.port_key], row.transform)

@@ -37,6 +37,11 @@ def summary_text(report: Report, max_rows: int = 12) -> str:
         lines.append(
             f"coverage: {cov.get('n_modules_compared', 0)} of {cov.get('n_modules', 0)} parameterised modules "
             f"({100 * cov.get('modules', 0):.0f}%), {100 * cov.get('parameters', 0):.0f}% of parameters compared"
+            + (
+                f"; {cov['n_modules_identified']} more identified by their weights only"
+                if cov.get("n_modules_identified")
+                else ""
+            )
         )
     for b in report.boundaries:
         lines.append(f"boundary: {b.get('label')} differs, agrees again at {b.get('agrees_again_at')} ({b.get('why')})")
