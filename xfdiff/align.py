@@ -32,6 +32,7 @@ from .report import Unmatched
 from .stacked import pair_stacked
 from .stats import fingerprint_sums
 from .stats.common import to_numpy
+from .stats.meet import numel
 from .trace import ROOT, ParamToken, Trace, derived, parent_path
 
 
@@ -157,11 +158,11 @@ def confirm_params(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], fp: flo
     total = confirmed = 0.0
     informative_hit = False
     for va in pa.values():
-        informative = np.size(va) > 1 and fingerprint(va).informative
-        w = np.size(va) * (1.0 if informative else 0.1)
+        informative = numel(va) > 1 and fingerprint(va).informative
+        w = numel(va) * (1.0 if informative else 0.1)
         total += w
         for nb, vb in pb.items():
-            if nb not in used and np.size(va) == np.size(vb):
+            if nb not in used and numel(va) == numel(vb):
                 t = param_transform(va, vb, full=False)
                 if t is not None:
                     used.add(nb)
@@ -172,7 +173,7 @@ def confirm_params(pa: dict[str, np.ndarray], pb: dict[str, np.ndarray], fp: flo
     if not informative_hit:
         return min(fp, 0.45), "identity"
     # Name the transform of the largest parameter (the kernel); a bias only reshaped says little.
-    biggest = max(found, key=lambda n: np.size(pb[n]))
+    biggest = max(found, key=lambda n: numel(pb[n]))
     return fp * confirmed / total, found[biggest]
 
 

@@ -21,6 +21,7 @@ from .align import Alignment
 from .layout import Transform
 from .report import LayerDiff
 from .stats import Tolerance
+from .stats.meet import host_dict
 from .trace import CallRecord, Trace
 
 FRAMEWORKS = ("torch", "flax")
@@ -122,7 +123,8 @@ class Evidence:
     def params(self, side: str, path: str | None) -> dict[str, np.ndarray]:
         if path is None:
             return {}
-        return self.trace(side).params.get(path, {})
+        # On the device path parameters stay where they live; a check reads these on the host.
+        return host_dict(self.trace(side).params.get(path, {}))
 
     def config(self, side: str, path: str | None) -> dict[str, Any]:
         if path is None:

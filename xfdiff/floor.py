@@ -242,7 +242,10 @@ def _low_dtype(torch: Any, row: Any, port_params_dtype: str | None):
 
 def _port_params_dtype(ev: Any) -> str | None:
     """The lowest floating dtype among the port's parameters (None when all are float32 or wider)."""
-    names = {str(getattr(a, "dtype", "")) for d in ev.port.trace.params.values() for a in d.values()}
+    # numpy / JAX say "bfloat16", torch (a port on the device path) "torch.bfloat16"
+    names = {
+        str(getattr(a, "dtype", "")).removeprefix("torch.") for d in ev.port.trace.params.values() for a in d.values()
+    }
     for name in ("float16", "bfloat16"):
         if name in names:
             return name

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .stats.meet import numel, to_host
 from .trace import CallRecord, Trace
 
 BLOCKS = (3, 2)  # q/k/v, and k/v fused together
@@ -44,7 +45,7 @@ def _blocks(a: np.ndarray, k: int) -> list[tuple[int, list[np.ndarray]]]:
     out = []
     for axis in range(a.ndim):
         if a.shape[axis] % k == 0 and a.shape[axis] >= k:
-            out.append((axis, np.split(np.asarray(a), k, axis=axis)))
+            out.append((axis, np.split(np.asarray(to_host(a)), k, axis=axis)))
     return out
 
 
@@ -66,9 +67,9 @@ def _match_group(fused: dict[str, np.ndarray], candidates: dict[str, dict[str, n
     """The candidate modules holding the fused module's output-axis blocks, in block order, or None."""
     if not fused or not candidates:
         return None
-    names = sorted(fused, key=lambda n: -np.size(fused[n]))
+    names = sorted(fused, key=lambda n: -numel(fused[n]))
     main = fused[names[0]]
-    if main.ndim < 2 or np.ptp(np.asarray(main, dtype=np.float64)) == 0:
+    if main.ndim < 2 or np.ptp(np.asarray(to_host(main), dtype=np.float64)) == 0:
         return None  # a constant weight identifies nothing
     for k in BLOCKS:
         for axis, main_blocks in _blocks(main, k):
@@ -121,7 +122,7 @@ def _outputs_fit(t_fused: Trace, fused: str, t_parts: Trace, parts: list[str]) -
     outs = [_first_float(c[0]) for c in first]
     if any(o is None for o in outs):
         return False
-    sizes = [int(np.size(o[1])) for o in outs]  # type: ignore[index]
+    sizes = [int(numel(o[1])) for o in outs]  # type: ignore[index]
     return sizes[0] == sum(sizes[1:]) and all(s == sizes[1] for s in sizes[1:])
 
 
@@ -129,7 +130,7 @@ def _fits(fused: dict[str, np.ndarray], part: dict[str, np.ndarray]) -> bool:
     """A cheap filter: as many parameters, each part's largest a whole fraction of the fused one's."""
     if len(fused) != len(part):
         return False
-    big_f, big_p = max(np.size(v) for v in fused.values()), max(np.size(v) for v in part.values())
+    big_f, big_p = max(numel(v) for v in fused.values()), max(numel(v) for v in part.values())
     return big_p > 0 and big_f % big_p == 0 and big_f // big_p in BLOCKS
 
 

@@ -30,10 +30,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import stats
+from .stats.meet import numel, to_host
 
 
 @dataclass(frozen=True)
@@ -260,15 +262,20 @@ def by_name(name: str, ref_shape: tuple, port_shape: tuple) -> Transform | None:
 _CONV = {3: ((2, 1, 0), "OIL->LIO"), 4: ((2, 3, 1, 0), "OIHW->HWIO"), 5: ((2, 3, 4, 1, 0), "OIDHW->DHWIO")}
 
 
-def _param_views(ref: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    views = [("identity", ref)]
-    if ref.ndim >= 2:
-        views.append(("transpose", ref.T))
-    if ref.ndim in _CONV:
-        perm, name = _CONV[ref.ndim]
+def _param_perms(ndim: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The axis orders a reference parameter may take in a port, by name, in the order tried."""
+    perms = [("identity", tuple(range(ndim)))]
+    if ndim >= 2:
+        perms.append(("transpose", tuple(reversed(range(ndim)))))
+    if ndim in _CONV:
+        perm, name = _CONV[ndim]
         # A 1x1 2-D/3-D kernel is both a transpose and a kernel layout change: name it a kernel.
-        views.insert(1 if ref.ndim > 3 else 2, (name, ref.transpose(perm)))
-    return views
+        perms.insert(1 if ndim > 3 else 2, (name, perm))
+    return perms
+
+
+def _param_views(ref: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    return [(name, ref.transpose(perm)) for name, perm in _param_perms(ref.ndim)]
 
 
 def _close(a: np.ndarray, b: np.ndarray, rtol: float, full: bool = True) -> bool:
@@ -299,6 +306,66 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float, full: bool = True) -> bool
     return worst <= 2 * rtol * scale
 
 
+def _param_transform_on_device(ref: Any, port: Any, rtol: float) -> str | None:
+    """:func:`param_transform` with ``full=False`` for parameters on a device, without copying them.
+
+    Each layout is checked where the values live: a parameter of up to 8,192 elements whole
+    (``max |view - port|`` reduced on the device against ``2 * rtol * max|ref|``), a larger one
+    on 4,096 evenly spaced elements gathered there (the host check's sample). ``None`` when no
+    layout fits (a permutation, or different values: the host looks at them).
+    """
+    from .align import fingerprint
+
+    shape, size = tuple(np.shape(ref)), numel(ref)
+    if size == 0:
+        return None
+    pos = np.arange(size, dtype=np.int64) if size <= 8192 else np.linspace(0, size - 1, 4096).astype(np.int64)
+    port_sample = _gather(port, pos)
+    if size <= 8192:
+        fp = fingerprint(ref)
+        scale = max(abs(fp.lo), abs(fp.hi))
+    tried = [(n, p) for n, p in _param_perms(len(shape)) if tuple(shape[i] for i in p) == tuple(np.shape(port))]
+    tried += [(n, p) for n, p in _param_perms(len(shape)) if (n, p) not in tried]
+    for name, perm in tried:
+        view_shape = tuple(shape[i] for i in perm)
+        # flat positions of the transposed view (read in C order, as a reshape does) -> flat indices into ref
+        at = np.unravel_index(pos, view_shape)
+        src = [at[perm.index(i)] for i in range(len(shape))]
+        ref_sample = _gather(ref, np.ravel_multi_index(src, shape))
+        if size <= 8192:
+            worst = stats.max_abs_diff(ref_sample, port_sample)
+            ok = worst == worst and worst <= 2 * rtol * scale  # NaN: the host compares NaN with NaN
+        else:
+            sa, sb = _sample_to_host(ref_sample), _sample_to_host(port_sample)
+            scale = float(np.max(np.abs(sa)))
+            ok = bool(np.allclose(sa, sb, rtol=rtol, atol=rtol * scale, equal_nan=True))
+        if ok:
+            same_shape = view_shape == tuple(np.shape(port))
+            return name if same_shape else ("reshape" if name == "identity" else f"{name}+reshape")
+    return None
+
+
+def _gather(a: Any, flat: np.ndarray) -> Any:
+    """``a.ravel()[flat]`` on the device holding ``a`` (a numpy array on the host)."""
+    kind = stats.kind_of(a)
+    if kind == "torch":
+        import torch
+
+        return a.detach().reshape(-1)[torch.from_numpy(flat).to(a.device)]
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.take(a.reshape(-1), jnp.asarray(flat))
+    return np.asarray(a).reshape(-1)[flat]
+
+
+def _sample_to_host(a: Any) -> np.ndarray:
+    """A gathered sample (4,096 values, a summary like a statistic) as host float32."""
+    if stats.kind_of(a) == "torch":
+        return a.detach().float().cpu().numpy()
+    return np.asarray(a, dtype=np.float32)
+
+
 def param_transform(ref: np.ndarray, port: np.ndarray, rtol: float = 1e-5, full: bool = True) -> str | None:
     """Name of the legal change that turns reference parameter ``ref`` into ``port``.
 
@@ -313,7 +380,13 @@ def param_transform(ref: np.ndarray, port: np.ndarray, rtol: float = 1e-5, full:
     >>> param_transform(w, w.T.reshape(3, 2, 1))
     'transpose+reshape'
     """
-    ref, port = np.asarray(ref), np.asarray(port)
+    if numel(ref) != numel(port):
+        return None
+    if not full and (stats.kind_of(ref) != "numpy" or stats.kind_of(port) != "numpy"):
+        name = _param_transform_on_device(ref, port, rtol)
+        if name is not None:
+            return name  # else the host decides (a permutation, or no match: the values are needed)
+    ref, port = np.asarray(to_host(ref)), np.asarray(to_host(port))
     if ref.size != port.size:
         return None
     for name, view in _param_views(ref):

@@ -16,7 +16,7 @@ import numpy as np
 from .align import Alignment
 from .evidence import Row, by_framework
 from .fused import fused_matches
-from .layout import Transform, best_transform, candidates, input_layout
+from .layout import IDENTITY, Transform, best_transform, candidates, input_layout
 from .localize import input_map, mark_unverified_inputs
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
@@ -105,10 +105,15 @@ def make_row(
         lyr.status = "shape_mismatch"
         lyr.note = (lyr.note + "; " if lyr.note else "") + "only one side returned floating-point outputs"
         return row
+    best = None
     if not _device_ready(ref_out, port_out):
-        to_host(ref)  # layout choices score transforms on the host
-        to_host(port)
-    best = _measure(ref, port, tol, lazy)
+        # Equal shapes that another layout could also explain: as they are, within tolerance, they
+        # need no choosing (best_transform keeps identity then); otherwise score layouts on the host.
+        best = _measure_as_is(ref, port, tol, lazy)
+        if best is None:
+            to_host(ref)
+            to_host(port)
+    best = best or _measure(ref, port, tol, lazy)
     if best is None:
         fo_t, fo_f = rt.float_outputs(), rf.float_outputs()
         lyr.status = "shape_mismatch"
@@ -330,14 +335,36 @@ def pair_outputs(
     return pairs
 
 
-def _measure(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance, lazy: bool = False) -> Measured | None:
+def _measure_as_is(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance, lazy: bool) -> Measured | None:
+    """The pair measured leaf by namesake leaf as it is (identity layout) when every leaf has an
+    equal-shaped namesake and all agree within tolerance; else None (the layouts need scoring)."""
+    ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
+    if len(ref_out) != len(port_out) or any(
+        k not in port_out or tuple(v.shape) != tuple(port_out[k].shape) for k, v in ref_out.items()
+    ):
+        return None
+    best = _measure(ref_rec, port_rec, tol, lazy, [(k, k, IDENTITY) for k in ref_out])
+    if best is None or best.stats.frac_outside > 0 or best.stats.nonfinite_mismatch > 0:
+        return None
+    return best
+
+
+def _measure(
+    ref_rec: CallRecord,
+    port_rec: CallRecord,
+    tol: Tolerance,
+    lazy: bool = False,
+    pairs: list[tuple[str, str, Transform]] | None = None,
+) -> Measured | None:
     """The worst matched output leaf, or None when no leaf pair fits a legal layout.
 
     A single leaf pair is measured with its detail in one pass, unless the detail may wait (``lazy``).
+    ``pairs``: the leaf pairing and layouts, when already known (else :func:`pair_outputs`).
     """
     ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
     best: tuple[Any, Measured] | None = None
-    pairs = pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
+    if pairs is None:
+        pairs = pair_outputs(ref_out, port_out, lambda: input_layout(ref_rec.float_inputs(), port_rec.float_inputs()))
     for rk, pk, t in pairs:
         r = t.forward(ref_out[rk])
         p = port_out[pk]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .stats.meet import numel, to_host
 from .trace import Trace, parent_path
 
 
@@ -23,7 +24,7 @@ def _slices(params: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]
     """The per-step parameters of a module called ``n`` times, or None when they are not stacked ``(n, ...)``."""
     if n < 2 or not params or any(np.ndim(v) < 1 or np.shape(v)[0] != n for v in params.values()):
         return None
-    return [{k: np.asarray(v)[s] for k, v in params.items()} for s in range(n)]
+    return [{k: to_host(v)[s] for k, v in params.items()} for s in range(n)]
 
 
 def pair_stacked(ta: Trace, tb: Trace, pa_paths: list[str], pb_paths: list[str], al: Any) -> None:
@@ -43,16 +44,16 @@ def pair_stacked(ta: Trace, tb: Trace, pa_paths: list[str], pb_paths: list[str],
     by_sizes: dict[tuple, list[tuple[str, int]]] = {}
     for b, sl in stacks.items():
         for s, ps in enumerate(sl):
-            by_sizes.setdefault(tuple(sorted(np.size(v) for v in ps.values())), []).append((b, s))
+            by_sizes.setdefault(tuple(sorted(numel(v) for v in ps.values())), []).append((b, s))
     used: set[tuple[str, int]] = set()
     found: dict[str, tuple[str, int]] = {}
     for a in pa_paths:
         params = ta.params.get(a)
         if a in al.pairs or not params:
             continue
-        if all(np.ptp(np.asarray(v, dtype=np.float64)) == 0 for v in params.values()):
+        if all(np.ptp(np.asarray(to_host(v), dtype=np.float64)) == 0 for v in params.values()):
             continue  # constant weights (a fresh norm) identify nothing
-        for b, s in by_sizes.get(tuple(sorted(np.size(v) for v in params.values())), ()):
+        for b, s in by_sizes.get(tuple(sorted(numel(v) for v in params.values())), ()):
             if (b, s) not in used and _holds(list(params.values()), stacks[b][s]):
                 al.add(a, b, f"stacked slice {s}", 0.95)
                 al.offset[a] = s

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats.meet import numel
+
 MIN_COVERAGE = 0.5
 IDENTIFIED_COVERAGE = 0.9  # compared + weight-identified share that stands in for MIN_COVERAGE (final output ok)
 REAGREE_DROP = 100.0
@@ -61,13 +63,13 @@ def coverage(ev: Any) -> dict[str, Any]:
     ident = getattr(ev.alignment, "identified", {})
     identified = set(ident) if ev.reference == "torch" else set(ident.values())
     n_mod = len(params)
-    n_par = int(sum(int(np.size(a)) for d in params.values() for a in d.values()))
+    n_par = int(sum(int(numel(a)) for d in params.values() for a in d.values()))
     seen = [p for p in params if p in compared]
-    c_par = int(sum(int(np.size(a)) for p in seen for a in params[p].values()))
+    c_par = int(sum(int(numel(a)) for p in seen for a in params[p].values()))
     known = [p for p in params if p not in compared and p in identified]
     missing = sorted(
         (p for p in params if p not in compared and p not in identified),
-        key=lambda p: -sum(np.size(a) for a in params[p].values()),
+        key=lambda p: -sum(numel(a) for a in params[p].values()),
     )
     return {
         "n_modules_identified": len(known),

@@ -83,12 +83,26 @@ def as_jax(v: Any) -> Any:
 
 
 def add_param(out: dict, tokens: dict | None, owner: str, name: str, value: Any) -> None:
-    """Store ``value`` as parameter ``name`` of module ``owner`` on the host, and in ``tokens``
-    its :class:`~xfdiff.trace.ParamToken` when it is a JAX array (immutable: the object is the
-    identity of its values)."""
-    out.setdefault(owner, {})[name] = np.asarray(value)
+    """Store ``value`` as parameter ``name`` of module ``owner``, and in ``tokens`` its
+    :class:`~xfdiff.trace.ParamToken` when it is a JAX array (immutable: the object is the
+    identity of its values).
+
+    A JAX array stays where it is when captures keep values on the device (an accelerator, or
+    :data:`~xfdiff.capture._common.DEVICE_ENV`): its fingerprint is computed there and only the
+    parameters a check reads are copied to the host. Otherwise it is held as host numpy (a CPU
+    array's buffer, no copy).
+    """
+    keep = isinstance(value, jax.Array) and keep_on_device(_on_accelerator(value))
+    out.setdefault(owner, {})[name] = value if keep else np.asarray(value)
     if tokens is not None and isinstance(value, jax.Array):
         tokens.setdefault(owner, {})[name] = ParamToken(("jax", id(value)), value)
+
+
+def _on_accelerator(value: jax.Array) -> bool:
+    try:
+        return any(d.platform != "cpu" for d in value.devices())
+    except Exception:  # a tracer or a deleted buffer: no device to name
+        return False
 
 
 def to_jax_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:

@@ -152,13 +152,16 @@ def module_config(mod: torch.nn.Module) -> dict[str, Any]:
     return cfg
 
 
-def param_view(t: torch.Tensor) -> np.ndarray:
-    """A read-only numpy view of a CPU parameter (no copy); a copy otherwise.
+def param_view(t: torch.Tensor) -> Any:
+    """A read-only numpy view of a CPU parameter (no copy); the detached tensor itself on the
+    device path; a host copy otherwise.
 
     Parameters do not change during a comparison, and copying them would
     double the model's memory (4 GiB more for a 1B-parameter model).
     """
     t = t.detach()
+    if keep_on_device(t.device.type not in ("cpu", "meta")):
+        return t  # on the device path (see DEVICE_ENV): fingerprinted there, read on the host only when checked
     if t.device.type != "cpu" or t.dtype == torch.bfloat16 or t.is_conj() or t.is_neg():
         return to_numpy(t)
     a = t.numpy()

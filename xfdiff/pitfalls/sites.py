@@ -28,6 +28,7 @@ from ..evidence import other
 from ..layout import Transform, best_transform
 from ..report import Finding
 from ..stats import compare_arrays, is_float
+from ..stats.meet import host_dict
 from ..trace import CallRecord, Trace
 from .numerics import f64, rel, tau_for
 
@@ -378,7 +379,7 @@ def _tree_params(ev: Any, row: Any) -> dict[str, dict[str, np.ndarray]]:
         got: dict[str, np.ndarray] = {}
         for p, params in ev.trace(fw).params.items():
             if p == path or p.startswith(prefix):
-                for k, v in params.items():
+                for k, v in host_dict(params).items():
                     got[f"{p[len(prefix) :]}.{k}" if p != path else k] = v
         out[side] = got
     return out

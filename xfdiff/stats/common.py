@@ -17,6 +17,7 @@ sum p² over the elements finite on both sides), ``max_abs``, ``need``
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -303,3 +304,23 @@ def detail_from(
     idx = np.unique(np.concatenate([sample(n, seed), worst[: min(5, worst.size)]]))
     out["scatter_ref"], out["scatter_port"] = gather(idx)
     return out
+
+
+_KINDS: dict[type, str] = {np.ndarray: "numpy"}
+
+
+def kind_of(a: Any) -> str:
+    """Where ``a``'s values live, as :data:`ROUTES` names it: ``"jax"``, ``"torch"`` or ``"numpy"`` (anything else).
+
+    Decided once per type, without importing a framework nobody has imported.
+    """
+    t = type(a)
+    kind = _KINDS.get(t)
+    if kind is None:
+        kind = "numpy"
+        if "torch" in sys.modules and issubclass(t, sys.modules["torch"].Tensor):
+            kind = "torch"
+        elif "jax" in sys.modules and issubclass(t, sys.modules["jax"].Array):
+            kind = "jax"
+        _KINDS[t] = kind
+    return kind

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from typing import Any
 
 import numpy as np
 
 from . import _numpy
-from .common import Stats
+from .common import Stats, kind_of
 
 #: Backends tried, in order, for each kind of array; ``_numpy`` answers whatever they decline.
 ROUTES: dict[str, tuple[str, ...]] = {
@@ -43,24 +42,6 @@ ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 _MODULES: dict[str, Any] = {}
-_KINDS: dict[type, str] = {np.ndarray: "numpy"}
-
-
-def kind_of(a: Any) -> str:
-    """Where ``a``'s values live, as :data:`ROUTES` names it: ``"jax"``, ``"torch"`` or ``"numpy"`` (anything else).
-
-    Decided once per type, without importing a framework nobody has imported.
-    """
-    t = type(a)
-    kind = _KINDS.get(t)
-    if kind is None:
-        kind = "numpy"
-        if "torch" in sys.modules and issubclass(t, sys.modules["torch"].Tensor):
-            kind = "torch"
-        elif "jax" in sys.modules and issubclass(t, sys.modules["jax"].Array):
-            kind = "jax"
-        _KINDS[t] = kind
-    return kind
 
 
 def pair_kind(ref: Any, port: Any) -> str:

@@ -20,13 +20,14 @@ is at hand.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from typing import Any
 
 import numpy as np
 
-from .dispatch import kind_of
+from .common import kind_of
 
 _LOCK = threading.Lock()
 _MOVES = {"host_values": 0, "host_bytes": 0, "device_values": 0, "host_fallbacks": 0}
@@ -93,6 +94,16 @@ def to_host(a: Any) -> Any:
     if kind == "torch":
         return _torch_numpy(a)
     return np.asarray(a)
+
+
+def host_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with each value on the host (:func:`to_host`): a module's parameters for a check that reads them."""
+    return {k: to_host(v) for k, v in d.items()}
+
+
+def numel(a: Any) -> int:
+    """Element count of a numpy array, torch tensor or JAX array, wherever it lives (no copy)."""
+    return math.prod(np.shape(a))
 
 
 def _torch_numpy(t: Any) -> np.ndarray:
