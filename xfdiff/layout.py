@@ -54,6 +54,9 @@ class Transform:
 
 IDENTITY = Transform("identity", lambda a: a, lambda a: a)
 
+#: Transforms that only reshape (the values keep their order): they run on any device's arrays.
+RESHAPES = frozenset({"identity", "squeeze", "merge_heads", "split_heads", "merge_leading", "split_leading"})
+
 
 def _reshape(name: str, rs: tuple, ps: tuple) -> Transform:
     return Transform(name, lambda a: a.reshape(ps), lambda a: a.reshape(rs))
@@ -306,19 +309,22 @@ def _close(a: np.ndarray, b: np.ndarray, rtol: float, full: bool = True) -> bool
     return worst <= 2 * rtol * scale
 
 
-def _param_transform_on_device(ref: Any, port: Any, rtol: float) -> str | None:
+def _param_transform_on_device(ref: Any, port: Any, rtol: float) -> tuple[bool, str | None]:
     """:func:`param_transform` with ``full=False`` for parameters on a device, without copying them.
 
     Each layout is checked where the values live: a parameter of up to 8,192 elements whole
     (``max |view - port|`` reduced on the device against ``2 * rtol * max|ref|``), a larger one
-    on 4,096 evenly spaced elements gathered there (the host check's sample). ``None`` when no
-    layout fits (a permutation, or different values: the host looks at them).
+    on 4,096 evenly spaced elements gathered there (the host check's sample).
+
+    Returns ``(decided, name)``: a layout that fits, or ``(True, None)`` when none does and the
+    fingerprints differ (a permutation keeps sum, sum of squares, min and max), or
+    ``(False, None)`` when only the host can tell (the values may be a permutation).
     """
     from .align import fingerprint
 
     shape, size = tuple(np.shape(ref)), numel(ref)
     if size == 0:
-        return None
+        return False, None
     pos = np.arange(size, dtype=np.int64) if size <= 8192 else np.linspace(0, size - 1, 4096).astype(np.int64)
     port_sample = _gather(port, pos)
     if size <= 8192:
@@ -341,8 +347,17 @@ def _param_transform_on_device(ref: Any, port: Any, rtol: float) -> str | None:
             ok = bool(np.allclose(sa, sb, rtol=rtol, atol=rtol * scale, equal_nan=True))
         if ok:
             same_shape = view_shape == tuple(np.shape(port))
-            return name if same_shape else ("reshape" if name == "identity" else f"{name}+reshape")
-    return None
+            return True, name if same_shape else ("reshape" if name == "identity" else f"{name}+reshape")
+    fa, fb = fingerprint(ref), fingerprint(port)
+    # Loose on purpose: anything near a permutation (values within tolerance, reordered) goes to the host.
+    scale = float(np.sqrt(max(fa.s2, fb.s2, 1e-30)))
+    near = (
+        abs(fa.s2 - fb.s2) <= 1e-3 * max(fa.s2, fb.s2) + 1e-30
+        and abs(fa.s1 - fb.s1) <= 1e-3 * scale * np.sqrt(size) + 1e-3 * abs(fa.s1)
+        and abs(fa.hi - fb.hi) <= 1e-3 * (abs(fa.hi) + scale)
+        and abs(fa.lo - fb.lo) <= 1e-3 * (abs(fa.lo) + scale)
+    )
+    return (not near), None
 
 
 def _gather(a: Any, flat: np.ndarray) -> Any:
@@ -383,9 +398,9 @@ def param_transform(ref: np.ndarray, port: np.ndarray, rtol: float = 1e-5, full:
     if numel(ref) != numel(port):
         return None
     if not full and (stats.kind_of(ref) != "numpy" or stats.kind_of(port) != "numpy"):
-        name = _param_transform_on_device(ref, port, rtol)
-        if name is not None:
-            return name  # else the host decides (a permutation, or no match: the values are needed)
+        decided, name = _param_transform_on_device(ref, port, rtol)
+        if decided:
+            return name  # else the host decides whether the values are a permutation
     ref, port = np.asarray(to_host(ref)), np.asarray(to_host(port))
     if ref.size != port.size:
         return None

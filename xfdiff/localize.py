@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import XfdiffError
 from .evidence import Evidence, Row
-from .layout import Transform, best_transform, candidates
+from .layout import RESHAPES, Transform, best_transform, candidates
 from .runs import CallQueue
 from .stats import Stats, stats_and_detail, status_of
 from .stats.dispatch import kind_of
@@ -133,12 +133,9 @@ class ForcedInputs(Mapping):
         return len(self.links)
 
 
-_RESHAPES = frozenset({"identity", "squeeze", "merge_heads", "split_heads", "merge_leading", "split_leading"})
-
-
 def forward(t: Transform, a: Any) -> Any:
     """``t.forward(a)``; a device value stays on its device for the reshapes, else is read on the host."""
-    if t.name in _RESHAPES or kind_of(a) == "numpy":
+    if t.name in RESHAPES or kind_of(a) == "numpy":
         return t.forward(a)
     return t.forward(to_host(a))
 

@@ -16,7 +16,7 @@ import numpy as np
 from .align import Alignment
 from .evidence import Row, by_framework
 from .fused import fused_matches
-from .layout import IDENTITY, Transform, best_transform, candidates, input_layout
+from .layout import IDENTITY, RESHAPES, Transform, best_transform, candidates, input_layout
 from .localize import input_map, mark_unverified_inputs
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
@@ -288,19 +288,22 @@ class LazyDetail(dict):
 
 
 def _device_ready(ref_out: dict, port_out: dict) -> bool:
-    """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its namesake as is.
+    """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its namesake
+    under the one layout that fits.
 
     Device values (torch tensors, JAX arrays of a device capture) are measured where
-    they live when nothing needs choosing: every output leaf has a port leaf
-    of the same key and shape (identity layout, the common case).
+    they live when nothing needs choosing: every output leaf has a port leaf of the
+    same key whose shape admits a single transform, a reshape (identity, the common
+    case, or heads split or merged).
     """
     if all(kind_of(v) == "numpy" for v in (*ref_out.values(), *port_out.values())):
         return True
     for k, v in ref_out.items():
         pv = port_out.get(k)
-        if pv is None or tuple(v.shape) != tuple(pv.shape):
+        if pv is None:
             return False
-        if len(candidates(tuple(v.shape), tuple(pv.shape))) != 1:
+        cands = candidates(tuple(v.shape), tuple(pv.shape))
+        if len(cands) != 1 or cands[0].name not in RESHAPES:
             return False
     return True
 
