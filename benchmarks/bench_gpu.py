@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from _pairs import LLAMA_1B, environment, flax_params, llama_config, peak_rss_gib, token_ids, torch_llama  # noqa: E402
+
+from xfdiff.capture._common import DEVICE_ENV  # noqa: E402
 
 # stage -> (module, attribute) timed inside compare() (nested stages count in both).
 STAGES = {
@@ -162,11 +165,30 @@ def row(name: str, cfg, seq: int, dev, repeats: int, configs: dict) -> dict:
         "ratio_to_bare": {k: round(med[k] / med["bare"], 2) for k in runs},
         "first_call_s": {k: round(v, 3) for k, v in first.items()},
         "stages_s": {k: stage_times(fn, 1 if repeats < 3 else 2) for k, fn in runs.items()},
+        "host_moves": {k: host_moves(fn) for k, fn in runs.items()},
+        "device_path": device_path(pt, module),
         "peak_rss_gib": round(peak_rss_gib(), 2),
     }
     if dev.type == "cuda":
         out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
     return out  # the models go with this frame; main() collects before the next row
+
+
+def host_moves(run) -> dict:
+    """What one comparison copies to host memory (values and bytes) and between devices."""
+    from xfdiff.stats import meet
+
+    meet.reset_moves()
+    run()
+    return meet.moves()
+
+
+def device_path(pt, module) -> dict:
+    """Whether each side's capture keeps its values on the device (statistics reduced there)."""
+    from xfdiff.capture import _jax
+    from xfdiff.capture.from_torch import device_mode
+
+    return {"torch": device_mode(pt), "jax": _jax.device_mode()}
 
 
 def _verdict(report) -> dict:
@@ -186,6 +208,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="directory for the JSON files (default: benchmarks/results, or a temporary one)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.cpu_smoke:
+        # the smoke run takes the accelerator's code path: values kept as torch tensors / JAX arrays
+        os.environ.setdefault(DEVICE_ENV, "1")
     import jax
     import torch
 

@@ -25,11 +25,13 @@ it adds nothing and risks nothing.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
 from .layout import best_transform, candidates
 from .stats import to_float64
+from .stats.meet import to_host
 from .trace import ROOT, Trace
 
 # Value pairing runs when fewer than this share of parameterised reference modules are paired.
@@ -44,6 +46,14 @@ def pair_by_values(ta: Trace, tb: Trace, pa_paths: list[str], pb_paths: list[str
     """Add value-based pairs to ``al`` (an :class:`xfdiff.align.Alignment`) where they are needed."""
     if not _needed(ta, pa_paths, al):
         return
+    _LOCAL.host = {}
+    try:
+        _pair_by_values(ta, tb, pa_paths, pb_paths, al)
+    finally:
+        _LOCAL.host = {}
+
+
+def _pair_by_values(ta: Trace, tb: Trace, pa_paths: list[str], pb_paths: list[str], al) -> None:
     taken = set(al.pairs.values())
     A = [p for p in pa_paths if p not in al.pairs and p != ROOT and _output(ta, p) is not None]
     B = [p for p in pb_paths if p not in taken and p != ROOT and _output(tb, p) is not None]
@@ -64,14 +74,26 @@ def _needed(ta: Trace, pa_paths: list[str], al) -> bool:
     return sum(p in al.pairs for p in with_params) < NEEDED_BELOW * len(with_params)
 
 
+# Host copies of the first outputs read by one pair_by_values (device captures keep values
+# where they were computed; matching them by value reads them here, once per call).
+_LOCAL = threading.local()
+
+
 def _output(trace: Trace, path: str) -> np.ndarray | None:
+    memo = getattr(_LOCAL, "host", None)
+    key = (id(trace), path)
+    if memo is not None and key in memo:
+        return memo[key]
+    out = None
     calls = trace.calls_of(path)
-    if not calls:
-        return None
-    for v in calls[0].float_outputs().values():
+    for v in calls[0].float_outputs().values() if calls else ():
+        v = to_host(v)
         # Placeholders of a port described without running it (memory="bounded") are all NaN.
-        return v if v.size and np.isfinite(to_float64(v.ravel()[:64])).any() else None
-    return None
+        out = v if v.size and np.isfinite(to_float64(v.ravel()[:64])).any() else None
+        break
+    if memo is not None:
+        memo[key] = out
+    return out
 
 
 def _sketch(x: np.ndarray) -> np.ndarray:
