@@ -288,21 +288,22 @@ class LazyDetail(dict):
 
 
 def _device_ready(ref_out: dict, port_out: dict) -> bool:
-    """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its namesake
-    under the one layout that fits.
+    """Whether a pair can be measured as it is: host arrays only, or each leaf meeting its port
+    leaf under the one layout that fits.
 
     Device values (torch tensors, JAX arrays of a device capture) are measured where
-    they live when nothing needs choosing: every output leaf has a port leaf of the
-    same key whose shape admits a single transform, a reshape (identity, the common
-    case, or heads split or merged).
+    they live when nothing needs choosing: every output leaf pairs with a port leaf
+    (its namesake, or the next that fits: a tensor against a one-element tuple) whose
+    shape admits a single transform, a reshape (identity, the common case, or heads
+    split or merged).
     """
     if all(kind_of(v) == "numpy" for v in (*ref_out.values(), *port_out.values())):
         return True
-    for k, v in ref_out.items():
-        pv = port_out.get(k)
-        if pv is None:
-            return False
-        cands = candidates(tuple(v.shape), tuple(pv.shape))
+    pairs = leaf_pairs(ref_out, port_out)
+    if len(pairs) != len(ref_out):
+        return False
+    for rk, pk in pairs:
+        cands = candidates(tuple(ref_out[rk].shape), tuple(port_out[pk].shape))
         if len(cands) != 1 or cands[0].name not in RESHAPES:
             return False
     return True
@@ -338,15 +339,36 @@ def pair_outputs(
     return pairs
 
 
+def leaf_pairs(ref: dict[str, Any], port: dict[str, Any]) -> list[tuple[str, str]]:
+    """Which port leaf each reference leaf is measured against, from shapes alone (as
+    :func:`pair_outputs` pairs them when every pairing has a layout): its namesake when the
+    shapes fit a legal layout, else the first port leaf not yet taken that fits."""
+    out = []
+    taken: set[str] = set()
+    for rk, rv in ref.items():
+        choice = None
+        if rk in port and rk not in taken and candidates(tuple(rv.shape), tuple(port[rk].shape)):
+            choice = rk
+        else:
+            choice = next(
+                (pk for pk, pv in port.items() if pk not in taken and candidates(tuple(rv.shape), tuple(pv.shape))),
+                None,
+            )
+        if choice is not None:
+            taken.add(choice)
+            out.append((rk, choice))
+    return out
+
+
 def _measure_as_is(ref_rec: CallRecord, port_rec: CallRecord, tol: Tolerance, lazy: bool) -> Measured | None:
-    """The pair measured leaf by namesake leaf as it is (identity layout) when every leaf has an
-    equal-shaped namesake and all agree within tolerance; else None (the layouts need scoring)."""
+    """The pair measured leaf by leaf as it is (identity layout) when every leaf pairs with an
+    equal-shaped port leaf (:func:`leaf_pairs`) and all agree within tolerance; else None (the
+    layouts need scoring)."""
     ref_out, port_out = ref_rec.float_outputs(), port_rec.float_outputs()
-    if len(ref_out) != len(port_out) or any(
-        k not in port_out or tuple(v.shape) != tuple(port_out[k].shape) for k, v in ref_out.items()
-    ):
+    pairs = leaf_pairs(ref_out, port_out)
+    if len(pairs) != len(ref_out) or any(tuple(ref_out[r].shape) != tuple(port_out[p].shape) for r, p in pairs):
         return None
-    best = _measure(ref_rec, port_rec, tol, lazy, [(k, k, IDENTITY) for k in ref_out])
+    best = _measure(ref_rec, port_rec, tol, lazy, [(r, p, IDENTITY) for r, p in pairs])
     if best is None or best.stats.frac_outside > 0 or best.stats.nonfinite_mismatch > 0:
         return None
     return best
