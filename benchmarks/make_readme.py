@@ -150,7 +150,10 @@ def gpu_section(ds: list[dict]) -> list[str]:
         return out + [
             "`python benchmarks/bench_gpu.py` (the 12-layer pair at seq 128 and the 1.1B at seq 2048 on one CUDA "
             "GPU, writing `results/gpu_*.json`) has not been run on a GPU yet; on a machine without one it "
-            "skips (or, with `--cpu-smoke`, runs its code path on a 2-layer model on the CPU).",
+            "skips (or, with `--cpu-smoke`, runs its code path on a 2-layer model on the CPU, values kept as "
+            "torch tensors and JAX arrays as on a GPU). Each result records, per configuration, what one "
+            "comparison copied to host memory (`host_moves`: zero values for a clean pair on the device path) "
+            "and the stage table.",
             "",
         ]
     for d in ds:
@@ -164,6 +167,8 @@ def gpu_section(ds: list[dict]) -> list[str]:
             f"| bare work | {d['median_s']['bare']:.3f} | 1.00 |",
         ]
         out += [f"| `compare({k})` | {d['median_s'][k]:.3f} | {r:.2f} |" for k, r in d["ratio_to_bare"].items()]
+        for k, mv in d.get("host_moves", {}).items():
+            out += [f"Host copies in `compare({k})`: {mv['host_values']} values, {mv['host_bytes'] / 2**20:.1f} MiB."]
         for k, st in d["stages_s"].items():
             out += ["", f"Stages of `compare({k})` (s):", "", "| stage | s |", "|---|---:|"]
             out += [f"| {name} | {v:.3f} |" for name, v in st.items()]
