@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats.meet import numel, to_host
+from .stats.meet import concat_last, numel, to_host
 from .trace import CallRecord, Trace
 
 BLOCKS = (3, 2)  # q/k/v, and k/v fused together
@@ -159,7 +159,7 @@ def _block_view(rec: CallRecord, i: int, k: int) -> CallRecord | None:
         return None
     key, y = first
     n = y.shape[-1] // k
-    return replace(rec, outputs={key: np.asarray(y)[..., i * n : (i + 1) * n]}, raw_inputs={})
+    return replace(rec, outputs={key: y[..., i * n : (i + 1) * n]}, raw_inputs={})  # numpy, torch or JAX alike
 
 
 def _joined_view(recs: list[CallRecord]) -> CallRecord | None:
@@ -167,15 +167,13 @@ def _joined_view(recs: list[CallRecord]) -> CallRecord | None:
     outs = [_first_float(r) for r in recs]
     if any(o is None for o in outs):
         return None
-    ys = [np.asarray(o[1]) for o in outs]  # type: ignore[index]
+    ys = [o[1] for o in outs]  # type: ignore[index]
     lead = ys[0].shape[:2] if ys[0].ndim >= 3 else ys[0].shape[:-1]
     flat = [y.reshape(*lead, -1) for y in ys]
     if any(f.shape[:-1] != flat[0].shape[:-1] for f in flat):
         return None
     last = recs[-1]
-    return replace(
-        last, inputs=dict(recs[0].inputs), outputs={outs[0][0]: np.concatenate(flat, axis=-1)}, raw_inputs={}
-    )  # type: ignore[index]
+    return replace(last, inputs=dict(recs[0].inputs), outputs={outs[0][0]: concat_last(flat)}, raw_inputs={})  # type: ignore[index]
 
 
 def fused_matches(al: Any, ref_trace: Trace, port_trace: Trace, reference: str, match_cls: Any) -> dict[str, Any]:

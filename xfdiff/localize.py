@@ -93,7 +93,7 @@ def _input_mismatch(row: Row) -> tuple[str, float] | None:
     out_rel = lyr.rel_l2 if lyr.rel_l2 == lyr.rel_l2 else 0.0
     allowed = min(INPUT_REL_MAX, INHERITED_FACTOR * max(out_rel, 1e-6))
     for pk, (rk, t) in list(row.inputs_from_ref.items()):
-        ref, port = t.forward(row.ref.inputs[rk]), row.port.inputs[pk]
+        ref, port = forward(t, row.ref.inputs[rk]), row.port.inputs[pk]
         s, _ = stats_and_detail(ref, port, lyr.atol, lyr.rtol)
         if s.passes() or s.rel_l2 <= allowed:
             continue

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats.meet import numel
+from .stats.meet import numel, to_host
 
 MIN_COVERAGE = 0.5
 IDENTIFIED_COVERAGE = 0.9  # compared + weight-identified share that stands in for MIN_COVERAGE (final output ok)
@@ -175,8 +175,8 @@ def _pair(ev: Any, row: Any) -> tuple[np.ndarray, np.ndarray] | None:
     ref_rec, port_rec = row.ref, row.port
     if row.port_key not in port_rec.outputs:
         return None
-    yr = np.asarray(ref_rec.outputs[row.ref_key], dtype=np.float64)
-    yp = np.asarray(row.transform.inverse(port_rec.outputs[row.port_key]), dtype=np.float64)
+    yr = np.asarray(to_host(ref_rec.outputs[row.ref_key]), dtype=np.float64)
+    yp = np.asarray(row.transform.inverse(to_host(port_rec.outputs[row.port_key])), dtype=np.float64)
     return (yr, yp) if yr.shape == yp.shape else None
 
 

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ..stats.meet import to_host
+
 # Noise floors (relative Frobenius error of a correct layer against a float64
 # recomputation), by the lower precision of the two sides. See pitfalls.md §0.
 TAU = {"float64": 1e-12, "float32": 5e-7, "float16": 1e-3, "bfloat16": 8e-3}
@@ -25,8 +27,8 @@ def tau_for(*dtypes: str | None) -> float:
 
 
 def f64(a) -> np.ndarray:
-    """Any float array (bfloat16 included) as float64."""
-    return np.asarray(a, dtype=np.float64)
+    """Any float array (bfloat16 included; a device value is copied to the host) as float64."""
+    return np.asarray(to_host(a), dtype=np.float64)
 
 
 def rel(port: np.ndarray, ref: np.ndarray, norm_of: np.ndarray | None = None) -> float:

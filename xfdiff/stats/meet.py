@@ -101,6 +101,18 @@ def host_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {k: to_host(v) for k, v in d.items()}
 
 
+def concat_last(arrays: list[Any]) -> Any:
+    """``arrays`` joined along their last axis where they live (torch or JAX), else on the host."""
+    kinds = {kind_of(a) for a in arrays}
+    if kinds == {"torch"}:
+        return sys.modules["torch"].cat(arrays, dim=-1)
+    if kinds == {"jax"}:
+        import jax.numpy as jnp
+
+        return jnp.concatenate(arrays, axis=-1)
+    return np.concatenate([to_host(a) for a in arrays], axis=-1)
+
+
 def numel(a: Any) -> int:
     """Element count of a numpy array, torch tensor or JAX array, wherever it lives (no copy)."""
     return math.prod(np.shape(a))
