@@ -293,3 +293,37 @@ def test_language_model_metrics_on_the_device_equal_the_host_ones():
     for k in ("kl_mean", "kl_max", "top1", "top1_excluding_near_ties", "top5"):
         assert dev[k] == pytest.approx(host[k], rel=1e-9), k
     np.testing.assert_allclose(dev["kl"], host["kl"], rtol=1e-9)
+
+
+# --- no implicit numpy conversion ---------------------------------------------------------------
+
+
+def _refuse_numpy(self, *args, **kwargs):
+    raise TypeError("can't convert this tensor to numpy implicitly (a CUDA tensor refuses it)")
+
+
+@pytest.mark.parametrize(
+    "pair, bug, where, pitfall",
+    [
+        ("demo", True, demo.BUG_PATH, "gelu_approximate"),
+        ("merged_qkv_pair", True, "layers.1.attn", "attention_scale"),
+        ("merged_qkv_pair", False, None, None),
+    ],
+)
+def test_the_device_path_never_asks_a_tensor_for_numpy_implicitly(monkeypatch, pair, bug, where, pitfall):
+    """``np.asarray(cuda_tensor)`` raises; on the CPU it would silently work, so the device path is
+    run here with that conversion refused: capture, rows, teacher forcing, verdict and diagnosis."""
+    import warnings
+
+    import port_styles
+
+    pt, port, x = demo.build_demo(bug=bug) if pair == "demo" else getattr(port_styles, pair)(bug)
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    monkeypatch.setattr(torch.Tensor, "__array__", _refuse_numpy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = xfdiff.compare(pt, port, x, progress=False, local=True)
+    assert not [w for w in caught if "xfdiff" in str(w.message)], [str(w.message) for w in caught]
+    fd = r.first_divergence
+    assert (fd.torch_path if fd else None) == where, r.summary()
+    assert [f.pitfall for f in r.findings][:1] == ([pitfall] if pitfall else []), r.summary()

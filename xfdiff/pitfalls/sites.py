@@ -28,7 +28,7 @@ from ..evidence import other
 from ..layout import Transform, best_transform
 from ..report import Finding
 from ..stats import compare_arrays, is_float
-from ..stats.meet import host_dict
+from ..stats.meet import host_dict, to_host
 from ..trace import CallRecord, Trace
 from .numerics import f64, rel, tau_for
 
@@ -223,7 +223,9 @@ class _Sides:
         self.port_row = {r.port.key: r for r in ev.rows if not r.unverified_inputs}
 
     def to_torch(self, ref: np.ndarray, port: np.ndarray, t: Transform | None) -> tuple[np.ndarray, np.ndarray]:
-        """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout)."""
+        """Both arrays in PyTorch layout (``t`` maps reference layout -> port layout), on the host
+        (a fused block's view of a device capture is not among the records moved for diagnosis)."""
+        ref, port = to_host(ref), to_host(port)
         if t is None:
             return ref, port
         if self.ref_is_torch:
