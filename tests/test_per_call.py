@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,10 +22,16 @@ from toy_models import pair  # noqa: E402
 
 import xfdiff  # noqa: E402
 from xfdiff.align import align  # noqa: E402
-from xfdiff.capture.from_torch import TorchSide  # noqa: E402
+from xfdiff.capture.from_torch import DEVICE_ENV, TorchSide  # noqa: E402
 from xfdiff.capture.registry import PORT, REFERENCE, side_for  # noqa: E402
 from xfdiff.rows import LazyDetail, call_pairs, make_row  # noqa: E402
 from xfdiff.stats import as_tolerance  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _host_path(monkeypatch):
+    """Lazy detail and the copy memo are the host path's (the device path measures where values live)."""
+    monkeypatch.setenv(DEVICE_ENV, "0")
 
 
 def _same_detail(a: dict, b: dict, flat: bool = False) -> bool:

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .stats import is_float
+from .stats.meet import to_host
 from .trace import CallRecord, Trace
 
 #: Arrays smaller than this (bytes) stay in memory instead of being spilled.
@@ -67,7 +68,7 @@ class SpillStore:
 
     def put(self, a: Any) -> np.ndarray:
         """Write ``a`` to disk and return a memory map of it (small arrays are returned as is)."""
-        a = np.asarray(a)
+        a = np.asarray(to_host(a))  # a device value (a torch port on the device path) is read here
         if a.nbytes < SMALL_BYTES:
             return np.array(a)
         dtype = a.dtype
@@ -115,7 +116,7 @@ class SpillStore:
             self.kept_calls += 1
         for d in (rec.inputs, rec.outputs, rec.raw_inputs):
             for k, v in d.items():
-                d[k] = self.put(np.asarray(v)) if full else shape_placeholder(np.shape(v), v.dtype)
+                d[k] = self.put(v) if full else shape_placeholder(np.shape(v), v.dtype)
 
     def done_with(self, rec: CallRecord | None) -> None:
         release(rec)

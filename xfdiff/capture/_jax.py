@@ -132,12 +132,24 @@ def to_jax_inputs(inputs: Any, name: str = "inputs") -> tuple[tuple, dict]:
     )
 
 
+def _numpy_dtype(dtype: Any) -> Any:
+    """A numpy dtype for a numpy, JAX or torch dtype (``torch.bfloat16`` -> ``ml_dtypes.bfloat16``)."""
+    if type(dtype).__module__.startswith("torch"):
+        name = str(dtype).removeprefix("torch.")
+        if name == "bfloat16":
+            import ml_dtypes
+
+            return ml_dtypes.bfloat16
+        return np.dtype(name)
+    return dtype
+
+
 def shape_placeholder(shape: tuple, dtype: Any) -> np.ndarray:
     """A read-only array of ``shape`` and ``dtype`` that takes no memory.
 
     Floats are NaN, so a placeholder never passes for real values.
     """
-    dtype = np.dtype(dtype)
+    dtype = np.dtype(_numpy_dtype(dtype))
     fill = np.nan if dtype.kind in "fc" or dtype.name == "bfloat16" else 0
     return np.broadcast_to(np.array(fill, dtype=dtype), tuple(shape))
 
