@@ -189,11 +189,12 @@ def test_clean_port_moves_nothing_to_the_host(monkeypatch, pair, local):
     assert moves["host_values"] == 0 and moves["host_fallbacks"] == 0, moves
 
 
-def test_a_buggy_run_moves_only_the_rows_it_reads(monkeypatch):
+@pytest.mark.parametrize("local", [True, False])
+def test_a_buggy_run_moves_only_the_rows_it_reads(monkeypatch, local):
     pt, port, ids = demo.build_demo(bug=True)
     monkeypatch.setenv(DEVICE_ENV, "1")
     meet.reset_moves()
-    r = xfdiff.compare(pt, port, ids, progress=False, local=True)
+    r = xfdiff.compare(pt, port, ids, progress=False, local=local)
     moved = meet.moves()["host_values"]
     monkeypatch.setenv(DEVICE_ENV, "0")
     n_ref = len(TorchSide(pt, ids).capture().records)

@@ -105,9 +105,9 @@ def compare(
         report = _report(ev, sides, notes, local, store, run)
         report.findings = list(env_findings)
         _judge(ev, report, sides.ref if reference == "torch" else None, prog)
-        # the detectors and splices recompute on the host: only the rows still blamed move (none on a clean run)
-        rows_to_host(ev, [r for r in ev.rows if r.layer.blame_order is not None])
         if diagnose:
+            # the detectors recompute on the host: only the rows they will read move (none on a clean run)
+            rows_to_host(ev, _diagnosed_rows(ev))
             prog.step("diagnosing")
             report.findings += _diagnose(ev, report)
         finish(ev, sides.port, report, splice=local and bool(ev.rows))
@@ -257,6 +257,15 @@ def _environment(pt_model, flax_model):
     except ImportError:
         return []
     return environment_checks(pt_model, flax_model)
+
+
+def _diagnosed_rows(ev: Evidence) -> list[Row]:
+    """The rows diagnosis reads (:func:`xfdiff.pitfalls.candidate_rows`); none without the detectors."""
+    try:
+        from .pitfalls import candidate_rows
+    except ImportError:
+        return []
+    return candidate_rows(ev)
 
 
 def _diagnose(ev: Evidence, report: Report):

@@ -57,7 +57,7 @@ def diagnose(ev: Any, report: Any) -> list[Finding]:
         within tolerance while intermediate values differ, one
         ``boundary_shift`` finding instead of per-layer diagnoses.
     """
-    rows = _candidate_rows(ev)
+    rows = candidate_rows(ev)
     if not rows:
         return []
     if ev.final is not None and ev.final.layer.status == "ok" and not _judged(report):
@@ -81,7 +81,8 @@ def _judged(report: Any) -> bool:
     return report is not None and "boundaries" in getattr(report, "meta", {})
 
 
-def _candidate_rows(ev: Any) -> list[Any]:
+def candidate_rows(ev: Any) -> list[Any]:
+    """The rows diagnosis looks at: blamed rows in blame order (only the first when no local error was measured)."""
     blamed = [r for r in ev.rows if r.layer.blame_order is not None]
     measured = any(r.layer.local_status is not None for r in ev.rows)
     blamed.sort(key=lambda r: r.layer.blame_order)
