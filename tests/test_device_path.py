@@ -163,13 +163,19 @@ def nnx_rngs():
 PAIRS = {"linen": lambda bug: demo.build_demo(bug=bug), "nnx": _nnx_pair, "tap": _tap_pair, "reverse": _reverse_pair}
 
 
-@pytest.mark.parametrize("local", [False, True])
-@pytest.mark.parametrize("pair", ["linen", "nnx", "tap", "reverse"])
-def test_buggy_port_gives_the_same_report_on_both_paths(monkeypatch, pair, local):
-    pt, port, ids = PAIRS[pair](True)
+def _device_report(monkeypatch, pair: str, bug: bool, local: bool):
+    """The device path's report of ``pair``, checked equal to the host path's."""
+    pt, port, ids = PAIRS[pair](bug)
     kw = {"reference": "flax"} if pair == "reverse" else {}
     host, dev = _both(monkeypatch, pt, port, ids, local=local, **kw)
     _assert_same(host, dev)
+    return dev
+
+
+@pytest.mark.parametrize("local", [False, True])
+@pytest.mark.parametrize("pair", ["linen", "nnx", "tap", "reverse"])
+def test_buggy_port_gives_the_same_report_on_both_paths(monkeypatch, pair, local):
+    dev = _device_report(monkeypatch, pair, True, local)
     assert dev.first_divergence is not None
     assert dev.meta["torch_meta"]["on_device"] and dev.meta["flax_meta"].get("on_device", True)
     moved = dev.meta["_moves"]["host_values"]
@@ -179,10 +185,7 @@ def test_buggy_port_gives_the_same_report_on_both_paths(monkeypatch, pair, local
 @pytest.mark.parametrize("local", [False, True])
 @pytest.mark.parametrize("pair", ["linen", "nnx", "tap", "reverse"])
 def test_clean_port_moves_nothing_to_the_host(monkeypatch, pair, local):
-    pt, port, ids = PAIRS[pair](False)
-    kw = {"reference": "flax"} if pair == "reverse" else {}
-    host, dev = _both(monkeypatch, pt, port, ids, local=local, **kw)
-    _assert_same(host, dev)
+    dev = _device_report(monkeypatch, pair, False, local)
     assert dev.first_divergence is None and not dev.findings
     moves = dev.meta["_moves"]
     # Statistics, fingerprints, layout checks and the language-model metrics all run where the values are.
