@@ -331,3 +331,29 @@ def test_the_device_path_never_asks_a_tensor_for_numpy_implicitly(monkeypatch, p
     fd = r.first_divergence
     assert (fd.torch_path if fd else None) == where, r.summary()
     assert [f.pitfall for f in r.findings][:1] == ([pitfall] if pitfall else []), r.summary()
+
+
+# --- one side on the device ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_device", ["torch", "jax"])
+@pytest.mark.parametrize("bug", [False, True])
+def test_one_side_on_the_device_gives_the_host_report(monkeypatch, on_device, bug):
+    """A torch reference on the CPU against a JAX port on its GPU (or the other way round): host
+    numpy meets device arrays in every stage, with the same report as all on the host."""
+    import xfdiff.capture.from_torch as from_torch
+    from xfdiff.capture import _jax
+
+    pt, port, ids = demo.build_demo(bug=bug)
+    monkeypatch.setenv(DEVICE_ENV, "0")
+    host = xfdiff.compare(pt, port, ids, progress=False, local=True)
+    monkeypatch.setenv(DEVICE_ENV, "1")
+    if on_device == "torch":
+        monkeypatch.setattr(_jax, "device_mode", lambda: False)
+        for mod in ("xfdiff.capture.from_linen", "xfdiff.capture.jax_record"):
+            monkeypatch.setattr(f"{mod}.device_mode", lambda: False)
+    else:
+        monkeypatch.setattr(from_torch, "device_mode", lambda model: False)
+    mixed = xfdiff.compare(pt, port, ids, progress=False, local=True)
+    assert bool(mixed.meta["torch_meta"]["on_device"]) == (on_device == "torch")
+    _assert_same(host, mixed)
