@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# torch and JAX share the GPU here: JAX would otherwise reserve 75% of its memory when it starts.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np  # noqa: E402
 from _pairs import LLAMA_1B, environment, flax_params, llama_config, peak_rss_gib, token_ids, torch_llama  # noqa: E402
