@@ -357,3 +357,33 @@ def test_one_side_on_the_device_gives_the_host_report(monkeypatch, on_device, bu
     mixed = xfdiff.compare(pt, port, ids, progress=False, local=True)
     assert bool(mixed.meta["torch_meta"]["on_device"]) == (on_device == "torch")
     _assert_same(host, mixed)
+
+
+@pytest.mark.parametrize(
+    "rs, ps",
+    [
+        ((2, 3, 4, 5), (2, 4, 5, 3)),
+        ((2, 4, 5, 3), (2, 3, 4, 5)),
+        ((2, 3, 4, 5), (2, 3, 5, 4)),
+        ((2, 3, 4, 5), (2, 4, 3, 5)),
+        ((2, 3, 4, 5), (2, 4, 15)),
+        ((2, 4, 15), (2, 3, 4, 5)),
+        ((2, 3, 4, 5, 6), (2, 4, 5, 6, 3)),
+        ((1, 8, 6), (2, 8, 6)),
+        ((8, 6), (2, 8, 6)),
+    ],
+)
+def test_layout_changes_marked_on_device_keep_torch_and_jax_values_where_they_are(rs, ps):
+    from xfdiff.layout import candidates
+
+    a = np.random.default_rng(0).standard_normal(rs).astype(np.float32)
+    moves = [t for t in candidates(rs, ps) if t.on_device]
+    assert moves
+    for t in moves:
+        want = t.forward(a)
+        assert isinstance(want, np.ndarray) and want.shape == ps
+        for dev in (torch.from_numpy(a), jnp.asarray(a)):
+            got = t.forward(dev)
+            assert type(got) is type(dev) or isinstance(got, jax.Array), (t.name, type(got))
+            np.testing.assert_array_equal(meet.to_host(got), want)
+            np.testing.assert_array_equal(meet.to_host(t.inverse(got)), a)

@@ -43,32 +43,56 @@ class Transform:
     """A named layout change: ``forward`` reference -> port, ``inverse`` port -> reference.
 
     ``valid(ref)`` says whether the change loses nothing for this reference
-    array (``unbroadcast`` drops copies that must be equal).
+    array (``unbroadcast`` drops copies that must be equal). ``on_device``:
+    ``forward`` and ``inverse`` also take torch tensors and JAX arrays and
+    leave them where they are (reshapes, axis moves, broadcasts; an
+    unbroadcast's check and flatten orders read numpy).
     """
 
     name: str
     forward: Callable[[np.ndarray], np.ndarray]
     inverse: Callable[[np.ndarray], np.ndarray]
     valid: Callable[[np.ndarray], bool] | None = None
+    on_device: bool = False
 
 
-IDENTITY = Transform("identity", lambda a: a, lambda a: a)
-
-#: Transforms that only reshape (the values keep their order): they run on any device's arrays.
-RESHAPES = frozenset({"identity", "squeeze", "merge_heads", "split_heads", "merge_leading", "split_leading"})
+IDENTITY = Transform("identity", lambda a: a, lambda a: a, on_device=True)
 
 
 def _reshape(name: str, rs: tuple, ps: tuple) -> Transform:
-    return Transform(name, lambda a: a.reshape(ps), lambda a: a.reshape(rs))
+    return Transform(name, lambda a: a.reshape(ps), lambda a: a.reshape(rs), on_device=True)
+
+
+def _moveaxis(a: Any, src: int, dst: int) -> Any:
+    """``np.moveaxis`` for numpy, torch and JAX arrays alike (a view where the framework gives one)."""
+    order = list(range(a.ndim))
+    order.insert(dst % a.ndim, order.pop(src % a.ndim))
+    return a.permute(order) if stats.kind_of(a) == "torch" else a.transpose(order)
+
+
+def _broadcast_to(a: Any, shape: tuple) -> Any:
+    """``np.broadcast_to`` for numpy, torch and JAX arrays alike (torch: a view, no copy)."""
+    kind = stats.kind_of(a)
+    if kind == "torch":
+        return a.expand(shape)
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.broadcast_to(a, shape)
+    return np.broadcast_to(a, shape)
+
+
+def _axis_move(name: str, forward: Callable[[Any], Any], inverse: Callable[[Any], Any]) -> Transform:
+    return Transform(name, forward, inverse, on_device=True)
 
 
 def _channels(rs: tuple, ps: tuple) -> list[Transform]:
     first, last = {4: ("NCHW", "NHWC"), 5: ("NCDHW", "NDHWC")}[len(rs)]
     out = []
     if rs[:1] + rs[2:] + rs[1:2] == ps:
-        out.append(Transform(f"{first}->{last}", lambda a: np.moveaxis(a, 1, -1), lambda a: np.moveaxis(a, -1, 1)))
+        out.append(_axis_move(f"{first}->{last}", lambda a: _moveaxis(a, 1, -1), lambda a: _moveaxis(a, -1, 1)))
     if rs[:1] + rs[-1:] + rs[1:-1] == ps:
-        out.append(Transform(f"{last}->{first}", lambda a: np.moveaxis(a, -1, 1), lambda a: np.moveaxis(a, 1, -1)))
+        out.append(_axis_move(f"{last}->{first}", lambda a: _moveaxis(a, -1, 1), lambda a: _moveaxis(a, 1, -1)))
     return out
 
 
@@ -79,9 +103,9 @@ def _axis_moves(rs: tuple, ps: tuple) -> list[Transform]:
     if nd in (4, 5):
         out += _channels(rs, ps)
     if nd >= 2 and rs[:-2] + rs[-2:][::-1] == ps and (rs != ps or rs[-1] == rs[-2]):
-        out.append(Transform("transpose_last2", lambda a: np.swapaxes(a, -1, -2), lambda a: np.swapaxes(a, -1, -2)))
+        out.append(_axis_move("transpose_last2", lambda a: a.swapaxes(-1, -2), lambda a: a.swapaxes(-1, -2)))
     if nd == 4 and (rs[0], rs[2], rs[1], rs[3]) == ps and (rs != ps or rs[1] == rs[2]):
-        out.append(Transform("BHTD<->BTHD", lambda a: np.swapaxes(a, 1, 2), lambda a: np.swapaxes(a, 1, 2)))
+        out.append(_axis_move("BHTD<->BTHD", lambda a: a.swapaxes(1, 2), lambda a: a.swapaxes(1, 2)))
     return out
 
 
@@ -101,18 +125,18 @@ def _reshapes(rs: tuple, ps: tuple) -> list[Transform]:
         out.append(_reshape("split_leading", rs, ps))
     if len(rs) == 4 and len(ps) == 3 and rs[0] == ps[0] and rs[2] == ps[1] and rs[1] * rs[3] == ps[2]:
         out.append(
-            Transform(
+            _axis_move(
                 "BHTD->BT(HD)",
-                lambda a: np.swapaxes(a, 1, 2).reshape(ps),
-                lambda a: np.swapaxes(a.reshape(rs[0], rs[2], rs[1], rs[3]), 1, 2),
+                lambda a: a.swapaxes(1, 2).reshape(ps),
+                lambda a: a.reshape(rs[0], rs[2], rs[1], rs[3]).swapaxes(1, 2),
             )
         )
     if len(rs) == 3 and len(ps) == 4 and rs[0] == ps[0] and rs[1] == ps[2] and ps[1] * ps[3] == rs[2]:
         out.append(
-            Transform(
+            _axis_move(
                 "BT(HD)->BHTD",
-                lambda a: np.swapaxes(a.reshape(ps[0], ps[2], ps[1], ps[3]), 1, 2),
-                lambda a: np.swapaxes(a, 1, 2).reshape(rs),
+                lambda a: a.reshape(ps[0], ps[2], ps[1], ps[3]).swapaxes(1, 2),
+                lambda a: a.swapaxes(1, 2).reshape(rs),
             )
         )
     return out
@@ -122,7 +146,7 @@ def _leading_broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
     """One side lacks leading axes the other repeats over: ``(S, H)`` <-> ``(B, S, H)``."""
     if len(rs) < len(ps) and ps[len(ps) - len(rs) :] == rs:
         k = len(ps) - len(rs)
-        return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[(0,) * k])]
+        return [Transform("broadcast", lambda a: _broadcast_to(a, ps), lambda a: a[(0,) * k], on_device=True)]
     if len(ps) < len(rs) and rs[len(rs) - len(ps) :] == ps:
         k = len(rs) - len(ps)
         return [
@@ -142,7 +166,11 @@ def _broadcasts(rs: tuple, ps: tuple) -> list[Transform]:
     if rs == ps:
         return []
     if all(r == p or r == 1 for r, p in zip(rs, ps, strict=True)):
-        return [Transform("broadcast", lambda a: np.broadcast_to(a, ps), lambda a: a[tuple(slice(0, n) for n in rs)])]
+        return [
+            Transform(
+                "broadcast", lambda a: _broadcast_to(a, ps), lambda a: a[tuple(slice(0, n) for n in rs)], on_device=True
+            )
+        ]
     if all(r == p or p == 1 for r, p in zip(rs, ps, strict=True)):
         first = tuple(slice(0, 1) if p == 1 and r != 1 else slice(None) for r, p in zip(rs, ps, strict=True))
         return [
@@ -211,6 +239,13 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return stats.rel_l2(a, b)  # large activations: one compiled pass instead of float64 copies
 
 
+def device_choice(rs: tuple, ps: tuple) -> bool:
+    """Whether every layout that fits these shapes runs on device values (``Transform.on_device``), so
+    choosing among them (:func:`best_transform`) needs nothing copied to the host."""
+    cands = candidates(tuple(rs), tuple(ps))
+    return bool(cands) and all(t.on_device and t.valid is None for t in cands)
+
+
 def best_transform(ref: np.ndarray, port: np.ndarray, prefer: str | None = None) -> tuple[Transform | None, float]:
     """The transform that best maps ``ref`` onto ``port``, and its relative error.
 
@@ -246,6 +281,8 @@ def input_layout(ref_inputs: dict[str, np.ndarray], port_inputs: dict[str, np.nd
         rv = ref_inputs.get(key)
         if rv is None:
             continue
+        if not device_choice(tuple(rv.shape), tuple(pv.shape)):
+            rv, pv = to_host(rv), to_host(pv)  # a layout that reads numpy (broadcast, flatten order)
         t, err = best_transform(rv, pv)
         if t is not None and err < 1e-2:
             return t.name

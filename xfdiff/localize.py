@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import XfdiffError
 from .evidence import Evidence, Row
-from .layout import RESHAPES, Transform, best_transform, candidates
+from .layout import Transform, best_transform, candidates, device_choice
 from .runs import CallQueue
 from .stats import Stats, stats_and_detail, status_of
 from .stats.dispatch import kind_of
@@ -42,7 +42,9 @@ def input_map(ref_rec: CallRecord, port_rec: CallRecord) -> dict[str, tuple[str,
             out[pk] = (fits[0][0], candidates(fits[0][1].shape, pv.shape)[0])
             continue
         for rk, rv in fits:
-            t, err = best_transform(to_host(rv), to_host(pv))  # a choice to score: on the host (rare)
+            if not device_choice(tuple(rv.shape), tuple(pv.shape)):
+                rv, pv = to_host(rv), to_host(pv)  # a layout that reads numpy (broadcast, flatten order)
+            t, err = best_transform(rv, pv)
             if t is None:
                 continue
             same_name = rk.split(".")[-1] == pk.split(".")[-1]
@@ -134,8 +136,8 @@ class ForcedInputs(Mapping):
 
 
 def forward(t: Transform, a: Any) -> Any:
-    """``t.forward(a)``; a device value stays on its device for the reshapes, else is read on the host."""
-    if t.name in RESHAPES or kind_of(a) == "numpy":
+    """``t.forward(a)``; a device value stays on its device for reshapes and axis moves, else is read on the host."""
+    if t.on_device or kind_of(a) == "numpy":
         return t.forward(a)
     return t.forward(to_host(a))
 

@@ -16,7 +16,7 @@ import numpy as np
 from .align import Alignment
 from .evidence import Row, by_framework
 from .fused import fused_matches
-from .layout import IDENTITY, RESHAPES, Transform, best_transform, candidates, input_layout
+from .layout import IDENTITY, Transform, best_transform, candidates, device_choice, input_layout
 from .localize import input_map, mark_unverified_inputs
 from .report import LayerDiff
 from .stats import Stats, Tolerance, lower_precision, stats_and_detail, status_of
@@ -292,10 +292,10 @@ def _device_ready(ref_out: dict, port_out: dict) -> bool:
     leaf under the one layout that fits.
 
     Device values (torch tensors, JAX arrays of a device capture) are measured where
-    they live when nothing needs choosing: every output leaf pairs with a port leaf
-    (its namesake, or the next that fits: a tensor against a one-element tuple) whose
-    shape admits a single transform, a reshape (identity, the common case, or heads
-    split or merged).
+    they live when every output leaf pairs with a port leaf (its namesake, or the next
+    that fits: a tensor against a one-element tuple) and every layout their shapes admit
+    runs on device values (reshapes and axis moves: identity, heads split or merged,
+    NCHW/NHWC), so even a choice among them is scored there.
     """
     if all(kind_of(v) == "numpy" for v in (*ref_out.values(), *port_out.values())):
         return True
@@ -303,8 +303,7 @@ def _device_ready(ref_out: dict, port_out: dict) -> bool:
     if len(pairs) != len(ref_out):
         return False
     for rk, pk in pairs:
-        cands = candidates(tuple(ref_out[rk].shape), tuple(port_out[pk].shape))
-        if len(cands) != 1 or cands[0].name not in RESHAPES:
+        if not device_choice(tuple(ref_out[rk].shape), tuple(port_out[pk].shape)):
             return False
     return True
 
